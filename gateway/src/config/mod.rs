@@ -1,0 +1,417 @@
+//! The YAML file format: what an operator writes, parsed with serde into plain structs.
+//!
+//! Unknown keys are errors. Parsing keeps the YAML path of the first fault
+//! (`routes[3].match.path`) and [`validate`] then reports every semantic fault with its
+//! path, so `gateway -t` can list them all at once. Nothing here touches the network;
+//! [`crate::runtime`] compiles a validated [`Config`] into what requests use.
+
+mod validate;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+pub use validate::{resolve, validate};
+
+/// One fault in a config file, located by its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path into the document, e.g. `routes[3].match.path.regex`; empty for the root.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All faults found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Plain listeners; each speaks HTTP/1.1 and h2c (prior knowledge).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// HTTPS listeners; HTTP/1.1 and h2 chosen by ALPN.
+    #[serde(default)]
+    pub tls: Vec<TlsListenerConfig>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// How long a stopping or upgrading process keeps serving requests already accepted.
+    #[serde(default = "default_grace_period")]
+    pub grace_period_secs: u64,
+    /// After the grace period, how long in-flight requests get before the process exits.
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout_secs: u64,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// `stdout`, `off`, or a file path; one JSON object a line.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+    /// Idle connections kept per upstream target for reuse.
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: Vec::new(),
+            threads: default_threads(),
+            grace_period_secs: default_grace_period(),
+            graceful_shutdown_timeout_secs: default_shutdown_timeout(),
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: default_pid_file(),
+            access_log: default_access_log(),
+            upstream_keepalive_pool_size: default_keepalive_pool(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace_period() -> u64 {
+    30
+}
+fn default_shutdown_timeout() -> u64 {
+    5
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/gateway-upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/gateway.pid".into()
+}
+fn default_access_log() -> String {
+    "stdout".into()
+}
+fn default_keepalive_pool() -> usize {
+    128
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    /// Offer h2 by ALPN (default true).
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub lb: LbAlgorithm,
+    /// For `consistent_hash`: `header:NAME`, `ip`, or `path`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Connect to the targets with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and the name the certificate is checked against; defaults to the target host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the target's certificate (default true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `IP:PORT` or `HOST:PORT` (a host name is resolved once, when the config is loaded).
+    pub addr: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbAlgorithm {
+    #[default]
+    WeightedRoundRobin,
+    ConsistentHash,
+    Random,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub read_ms: u64,
+    #[serde(default = "default_write_ms")]
+    pub write_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            read_ms: default_read_ms(),
+            write_ms: default_write_ms(),
+            idle_ms: default_idle_ms(),
+        }
+    }
+}
+
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_read_ms() -> u64 {
+    30000
+}
+fn default_write_ms() -> u64 {
+    30000
+}
+fn default_idle_ms() -> u64 {
+    60000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path of the HTTP probe (a GET); a 2xx answer is healthy.
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// Host header of the HTTP probe; defaults to the target address.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    /// Each probe's connect and read timeout.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring an unhealthy target back.
+    #[serde(default = "default_hc_healthy")]
+    pub healthy: usize,
+    /// Consecutive failures that take a healthy target out.
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy: usize,
+}
+
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_interval() -> u64 {
+    2000
+}
+fn default_hc_timeout() -> u64 {
+    1000
+}
+fn default_hc_healthy() -> usize {
+    2
+}
+fn default_hc_unhealthy() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// Higher wins; between equal priorities: exact path > regex > longest prefix.
+    #[serde(default)]
+    pub priority: i32,
+    pub upstream: String,
+    /// Removed from the front of the path before it goes upstream.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub headers: HeaderRulesConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact names or `*.example.com`; empty matches every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Absent matches every path.
+    #[serde(default)]
+    pub path: Option<PathMatchConfig>,
+    /// Empty matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderMatchConfig>,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatchConfig {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// A path matcher after validation: which kind, and its pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+    Regex(&'a str),
+}
+
+impl PathMatchConfig {
+    /// The one matcher set, or `None` when zero or several are set.
+    pub fn get(&self) -> Option<PathMatch<'_>> {
+        match (&self.exact, &self.prefix, &self.regex) {
+            (Some(e), None, None) => Some(PathMatch::Exact(e)),
+            (None, Some(p), None) => Some(PathMatch::Prefix(p)),
+            (None, None, Some(r)) => Some(PathMatch::Regex(r)),
+            _ => None,
+        }
+    }
+}
+
+/// A header value to match: a plain string is an exact match.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HeaderMatchConfig {
+    Exact(String),
+    Rule(HeaderRuleConfig),
+}
+
+/// Exactly one of `regex`, `present`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRuleConfig {
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// `true`: the header must be there; `false`: it must be absent.
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConfig {
+    #[serde(default)]
+    pub request: HeaderOpsConfig,
+    #[serde(default)]
+    pub response: HeaderOpsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsConfig {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Parse YAML text. The error names the YAML path and the line of the first fault.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml words its errors as `PATH: MESSAGE at line L column C`.
+        let text = e.to_string();
+        let err = match text.split_once(": ") {
+            Some((path, msg)) if !path.contains(' ') && !path.is_empty() => {
+                ConfigError::new(path, msg)
+            }
+            _ => ConfigError::new("", text),
+        };
+        ConfigErrors(vec![err])
+    })
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )])
+    })?;
+    let config = parse(&text)?;
+    validate(&config)?;
+    Ok(config)
+}

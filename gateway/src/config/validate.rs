@@ -1,0 +1,405 @@
+//! Semantic checks of a parsed [`Config`]: every fault, each with its YAML path.
+
+use super::{
+    Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm, PathMatch,
+    UpstreamConfig,
+};
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Check everything that serde cannot: references, addresses, regexes, header names.
+pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
+    let mut errs = Vec::new();
+    let s = &config.server;
+    if s.listen.is_empty() && s.tls.is_empty() {
+        errs.push(ConfigError::new(
+            "server.listen",
+            "no listener: set server.listen or server.tls",
+        ));
+    }
+    for (i, addr) in s.listen.iter().enumerate() {
+        check_listen(&mut errs, &format!("server.listen[{i}]"), addr);
+    }
+    for (i, tls) in s.tls.iter().enumerate() {
+        let p = format!("server.tls[{i}]");
+        check_listen(&mut errs, &format!("{p}.listen"), &tls.listen);
+        check_readable(&mut errs, &format!("{p}.cert"), &tls.cert);
+        check_readable(&mut errs, &format!("{p}.key"), &tls.key);
+    }
+    if s.threads == 0 {
+        errs.push(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    if s.access_log.is_empty() {
+        errs.push(ConfigError::new(
+            "server.access_log",
+            "must be stdout, off or a file path",
+        ));
+    }
+
+    for (name, up) in &config.upstreams {
+        check_upstream(&mut errs, &format!("upstreams.{name}"), up);
+    }
+
+    let mut names = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.is_empty() {
+            errs.push(ConfigError::new(format!("{p}.name"), "must not be empty"));
+        } else if !names.insert(r.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
+        }
+        if !config.upstreams.contains_key(&r.upstream) {
+            errs.push(ConfigError::new(
+                format!("{p}.upstream"),
+                format!("unknown upstream {:?}", r.upstream),
+            ));
+        }
+        let m = &r.matcher;
+        for (j, h) in m.hosts.iter().enumerate() {
+            if let Err(e) = check_host_pattern(h) {
+                errs.push(ConfigError::new(format!("{p}.match.hosts[{j}]"), e));
+            }
+        }
+        if let Some(path) = &m.path {
+            let pp = format!("{p}.match.path");
+            match path.get() {
+                None => errs.push(ConfigError::new(
+                    &pp,
+                    "set exactly one of exact, prefix, regex",
+                )),
+                Some(PathMatch::Exact(v)) if !v.starts_with('/') => {
+                    errs.push(ConfigError::new(format!("{pp}.exact"), "must start with /"))
+                }
+                Some(PathMatch::Prefix(v)) if !v.starts_with('/') => errs.push(ConfigError::new(
+                    format!("{pp}.prefix"),
+                    "must start with /",
+                )),
+                Some(PathMatch::Regex(re)) => {
+                    if let Err(e) = regex::Regex::new(re) {
+                        errs.push(ConfigError::new(format!("{pp}.regex"), regex_error(&e)));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (j, method) in m.methods.iter().enumerate() {
+            if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+                errs.push(ConfigError::new(
+                    format!("{p}.match.methods[{j}]"),
+                    format!("invalid method {method:?}"),
+                ));
+            }
+        }
+        for (h, rule) in &m.headers {
+            let hp = format!("{p}.match.headers.{h}");
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(ConfigError::new(&hp, "invalid header name"));
+            }
+            match rule {
+                HeaderMatchConfig::Rule(r) => match (&r.regex, r.present) {
+                    (Some(re), None) => {
+                        if let Err(e) = regex::Regex::new(re) {
+                            errs.push(ConfigError::new(format!("{hp}.regex"), regex_error(&e)));
+                        }
+                    }
+                    (None, Some(_)) => {}
+                    _ => errs.push(ConfigError::new(
+                        &hp,
+                        "set a value, or exactly one of regex, present",
+                    )),
+                },
+                HeaderMatchConfig::Exact(v) => {
+                    if http::HeaderValue::from_str(v).is_err() {
+                        errs.push(ConfigError::new(&hp, "invalid header value"));
+                    }
+                }
+            }
+        }
+        if let Some(sp) = &r.strip_prefix {
+            if !sp.starts_with('/') || sp.len() < 2 {
+                errs.push(ConfigError::new(
+                    format!("{p}.strip_prefix"),
+                    "must start with / and not be / alone",
+                ));
+            }
+        }
+        check_header_ops(
+            &mut errs,
+            &format!("{p}.headers.request"),
+            &r.headers.request,
+        );
+        check_header_ops(
+            &mut errs,
+            &format!("{p}.headers.response"),
+            &r.headers.response,
+        );
+    }
+
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+fn regex_error(e: &regex::Error) -> String {
+    // The regex crate's message spans several lines with a caret diagram; keep the last,
+    // which states the fault.
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    last.trim_start_matches("error: ").to_string()
+}
+
+fn check_listen(errs: &mut Vec<ConfigError>, path: &str, addr: &str) {
+    if addr.parse::<SocketAddr>().is_err() {
+        errs.push(ConfigError::new(
+            path,
+            format!("{addr:?} is not IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+        ));
+    }
+}
+
+fn check_readable(errs: &mut Vec<ConfigError>, path: &str, file: &str) {
+    if let Err(e) = std::fs::metadata(file) {
+        errs.push(ConfigError::new(path, format!("cannot read {file}: {e}")));
+    }
+}
+
+fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
+    if up.targets.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.targets"),
+            "needs at least one target",
+        ));
+    }
+    for (i, t) in up.targets.iter().enumerate() {
+        if let Err(e) = resolve(&t.addr) {
+            errs.push(ConfigError::new(format!("{p}.targets[{i}].addr"), e));
+        }
+        if t.weight == 0 {
+            errs.push(ConfigError::new(
+                format!("{p}.targets[{i}].weight"),
+                "must be at least 1",
+            ));
+        }
+    }
+    match (&up.lb, &up.hash_key) {
+        (LbAlgorithm::ConsistentHash, None) => errs.push(ConfigError::new(
+            format!("{p}.hash_key"),
+            "lb: consistent_hash needs a hash_key (header:NAME, ip or path)",
+        )),
+        (LbAlgorithm::ConsistentHash, Some(k)) => {
+            if let Err(e) = crate::upstream::HashKey::parse(k) {
+                errs.push(ConfigError::new(format!("{p}.hash_key"), e));
+            }
+        }
+        (_, Some(_)) => errs.push(ConfigError::new(
+            format!("{p}.hash_key"),
+            "only used with lb: consistent_hash",
+        )),
+        _ => {}
+    }
+    let t = &up.timeouts;
+    for (field, v) in [
+        ("connect_ms", t.connect_ms),
+        ("read_ms", t.read_ms),
+        ("write_ms", t.write_ms),
+        ("idle_ms", t.idle_ms),
+    ] {
+        if v == 0 {
+            errs.push(ConfigError::new(
+                format!("{p}.timeouts.{field}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if let Some(hc) = &up.health_check {
+        let hp = format!("{p}.health_check");
+        if hc.interval_ms == 0 {
+            errs.push(ConfigError::new(
+                format!("{hp}.interval_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if hc.timeout_ms == 0 {
+            errs.push(ConfigError::new(
+                format!("{hp}.timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if hc.healthy == 0 {
+            errs.push(ConfigError::new(
+                format!("{hp}.healthy"),
+                "must be at least 1",
+            ));
+        }
+        if hc.unhealthy == 0 {
+            errs.push(ConfigError::new(
+                format!("{hp}.unhealthy"),
+                "must be at least 1",
+            ));
+        }
+        if !hc.path.starts_with('/') {
+            errs.push(ConfigError::new(format!("{hp}.path"), "must start with /"));
+        }
+    }
+}
+
+/// Resolve `HOST:PORT` (or `IP:PORT`) to its addresses.
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    match addr.to_socket_addrs() {
+        Ok(list) => {
+            let list: Vec<_> = list.collect();
+            if list.is_empty() {
+                Err(format!("{addr:?} resolves to no address"))
+            } else {
+                Ok(list)
+            }
+        }
+        Err(e) => Err(format!("{addr:?} is not a reachable HOST:PORT: {e}")),
+    }
+}
+
+fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{h:?} is not a host name or a *.suffix wildcard (ports are not part of the match)"
+        ))
+    }
+}
+
+fn check_header_ops(errs: &mut Vec<ConfigError>, p: &str, ops: &HeaderOpsConfig) {
+    for (name, value) in &ops.set {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(ConfigError::new(
+                format!("{p}.set.{name}"),
+                "invalid header name",
+            ));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            errs.push(ConfigError::new(
+                format!("{p}.set.{name}"),
+                "invalid header value",
+            ));
+        }
+    }
+    for (i, name) in ops.remove.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(ConfigError::new(
+                format!("{p}.remove[{i}]"),
+                "invalid header name",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse(yaml).and_then(|c| validate(&c)) {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const UP: &str = "upstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:9\" }]\n";
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let e = errors(&format!(
+            "{UP}routes:\n  - name: a\n    upstream: u\n    match: {{ pth: {{ prefix: / }} }}\n"
+        ));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("routes[0].match: unknown field `pth`"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("at line 7 column"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_regex_and_unknown_upstream_are_all_reported() {
+        let e = errors(&format!(
+            "{UP}routes:\n  - name: a\n    upstream: nope\n  - name: b\n    upstream: u\n    match: {{ path: {{ regex: \"^/(a\" }} }}\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0], "routes[0].upstream: unknown upstream \"nope\"");
+        assert!(e[1].starts_with("routes[1].match.path.regex: "), "{e:?}");
+        assert!(e[1].contains("unclosed group"), "{e:?}");
+    }
+
+    #[test]
+    fn path_needs_exactly_one_kind() {
+        let e = errors(&format!(
+            "{UP}routes:\n  - name: a\n    upstream: u\n    match: {{ path: {{ prefix: /a, exact: /b }} }}\n  - name: b\n    upstream: u\n    match: {{ path: {{ prefix: a }} }}\n"
+        ));
+        assert_eq!(
+            e,
+            vec![
+                "routes[0].match.path: set exactly one of exact, prefix, regex".to_string(),
+                "routes[1].match.path.prefix: must start with /".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_methods_hosts() {
+        let e = errors(&format!(
+            "{UP}routes:\n  - {{ name: a, upstream: u }}\n  - name: a\n    upstream: u\n    match: {{ methods: [\"G T\"], hosts: [\"a*b\"] }}\n"
+        ));
+        assert!(e.contains(&"routes[1].name: duplicate route name \"a\"".to_string()));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("routes[1].match.methods[0]")));
+        assert!(e.iter().any(|m| m.starts_with("routes[1].match.hosts[0]")));
+    }
+
+    #[test]
+    fn upstream_faults() {
+        let e = errors(
+            "upstreams:\n  u:\n    targets: [{ addr: \"nonsense\", weight: 0 }]\n    lb: consistent_hash\n    health_check: { type: http, interval_ms: 0 }\n",
+        );
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("upstreams.u.targets[0].addr")));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("upstreams.u.targets[0].weight")));
+        assert!(e.iter().any(|m| m.starts_with("upstreams.u.hash_key")));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("upstreams.u.health_check.interval_ms")));
+    }
+
+    #[test]
+    fn wrong_type_and_unknown_enum() {
+        let e =
+            errors("upstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:9\" }]\n    lb: fastest\n");
+        assert!(
+            e[0].starts_with("upstreams.u.lb: unknown variant `fastest`"),
+            "{e:?}"
+        );
+        let e = errors("server:\n  threads: many\n");
+        assert!(e[0].starts_with("server.threads: invalid type"), "{e:?}");
+    }
+}

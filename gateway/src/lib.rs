@@ -1,0 +1,9 @@
+//! The gateway daemon as a library: config, routing, upstream pools and the proxy.
+//! The `gateway` binary only wires these together.
+
+pub mod access_log;
+pub mod config;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod upstream;

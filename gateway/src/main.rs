@@ -1,0 +1,145 @@
+//! The `gateway` binary: parse the flags, load the config, start the Pingora server.
+
+use clap::Parser;
+use gateway::access_log::AccessLog;
+use gateway::config;
+use gateway::proxy::Gateway;
+use gateway::runtime::Runtime;
+use gateway::upstream::health::HealthService;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "Edge proxy and API gateway")]
+struct Cli {
+    /// The config file.
+    #[arg(short = 'c', long = "conf", default_value = "conf/gateway.yaml")]
+    conf: PathBuf,
+    /// Check the config file, print every fault with its YAML path, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (writes server.pid_file).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take the listening sockets over from a running gateway (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+
+    let cfg = match config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{}: {e}", cli.conf.display());
+            }
+            eprintln!(
+                "{}: configuration refused ({} error{})",
+                cli.conf.display(),
+                errs.0.len(),
+                if errs.0.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match Runtime::build(&cfg, 1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        println!(
+            "{}: configuration ok ({} routes, {} upstreams)",
+            cli.conf.display(),
+            cfg.routes.len(),
+            cfg.upstreams.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let access_log = match AccessLog::open(&cfg.server.access_log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "server.access_log: cannot open {}: {e}",
+                cfg.server.access_log
+            );
+            return ExitCode::from(1);
+        }
+    };
+
+    let s = &cfg.server;
+    let conf = ServerConf {
+        daemon: cli.daemon,
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let handle = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    let mut proxy = ProxyServiceBuilder::new(
+        &server.configuration,
+        Gateway::new(handle.clone(), access_log),
+    )
+    .name("gateway proxy")
+    .server_options(opts)
+    .build();
+    for addr in &s.listen {
+        proxy.add_tcp(addr);
+    }
+    for t in &s.tls {
+        let mut tls = match TlsSettings::intermediate(&t.cert, &t.key) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("server.tls {}: {e}", t.listen);
+                return ExitCode::from(1);
+            }
+        };
+        if t.h2 {
+            tls.enable_h2();
+        }
+        proxy.add_tls_with_settings(&t.listen, None, tls);
+    }
+    server.add_service(proxy);
+    server.add_service(GenBackgroundService::new(
+        "health checks".into(),
+        Arc::new(HealthService::new(handle)),
+    ));
+    log::info!(
+        "gateway serving {} routes on {:?}",
+        cfg.routes.len(),
+        s.listen
+            .iter()
+            .chain(s.tls.iter().map(|t| &t.listen))
+            .collect::<Vec<_>>()
+    );
+    server.run_forever();
+}

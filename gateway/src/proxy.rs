@@ -1,0 +1,443 @@
+//! `impl ProxyHttp`: the phases of a proxied request, and nothing else.
+//! Routing, target selection and header rules live in their own modules; this file adapts
+//! Pingora's `Session` to them and is the only place that writes gateway responses.
+
+use crate::access_log::{AccessLog, Entry};
+use crate::router::RequestView;
+use crate::runtime::{Route, Runtime, RuntimeHandle};
+use crate::upstream::HashKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+};
+use http::Version;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use plugins::{GatewayError, HeaderTarget};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Longest client-sent `X-Request-Id` that is kept; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+/// Longest host name the router looks at; longer Host headers are refused.
+const MAX_HOST_LEN: usize = 255;
+
+pub struct Gateway {
+    runtime: RuntimeHandle,
+    access_log: AccessLog,
+}
+
+impl Gateway {
+    pub fn new(runtime: RuntimeHandle, access_log: AccessLog) -> Self {
+        Self {
+            runtime,
+            access_log,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    /// The config snapshot this request uses from start to end.
+    rt: Arc<Runtime>,
+    route: Option<usize>,
+    request_id: HeaderValue,
+    start: Instant,
+    target: Option<std::net::SocketAddr>,
+    /// Why the gateway answered itself, for the access log.
+    error: Option<&'static str>,
+}
+
+impl Ctx {
+    fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.rt.routes[i])
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // 32 lowercase hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The host a request names, from the URI authority (h2, absolute-form) or the Host header.
+fn request_host(req: &RequestHeader) -> Result<Option<&str>, &'static str> {
+    if let Some(h) = req.uri.host() {
+        return Ok(Some(h));
+    }
+    let mut values = req.headers.get_all(HOST).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let s = v.to_str().map_err(|_| "invalid Host header")?;
+    // Strip a port; keep IPv6 literals in brackets whole.
+    let host = if s.starts_with('[') {
+        match s.find(']') {
+            Some(end) => &s[..=end],
+            None => return Err("invalid Host header"),
+        }
+    } else {
+        s.rsplit_once(':').map_or(s, |(h, _)| h)
+    };
+    Ok(Some(host))
+}
+
+/// Wraps a Pingora header so `plugins::HeaderOps` can edit it.
+struct ReqHeaders<'a>(&'a mut RequestHeader);
+struct RespHeaders<'a>(&'a mut ResponseHeader);
+
+impl HeaderTarget for ReqHeaders<'_> {
+    fn remove_header(&mut self, name: &HeaderName) {
+        self.0.remove_header(name);
+    }
+    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let _ = self.0.insert_header(name.clone(), value.clone());
+    }
+}
+
+impl HeaderTarget for RespHeaders<'_> {
+    fn remove_header(&mut self, name: &HeaderName) {
+        self.0.remove_header(name);
+    }
+    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let _ = self.0.insert_header(name.clone(), value.clone());
+    }
+}
+
+/// Write a gateway-generated response in the JSON envelope.
+async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
+    ctx.error = Some(err.message);
+    let body = err.body();
+    let mut resp = ResponseHeader::build(err.status, Some(4 + err.headers.len()))?;
+    resp.insert_header(CONTENT_TYPE, JSON.clone())?;
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    for (name, value) in err.headers {
+        resp.insert_header(name, value)?;
+    }
+    // A body the client already started sending would otherwise be read as the next
+    // request on this connection; close instead of guessing where it ends.
+    let has_body = {
+        let h = &session.req_header().headers;
+        h.contains_key(TRANSFER_ENCODING)
+            || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+    };
+    // After a malformed request nothing on this connection can be trusted.
+    if has_body || err.status == http::StatusCode::BAD_REQUEST {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+fn status_error(code: u16) -> GatewayError {
+    match code {
+        400 => GatewayError::new(400, "bad request"),
+        404 => GatewayError::new(404, "no route"),
+        408 => GatewayError::new(408, "request timed out"),
+        413 => GatewayError::new(413, "request body too large"),
+        502 => GatewayError::new(502, "upstream failed"),
+        503 => GatewayError::new(503, "no healthy upstream target")
+            .with_header(RETRY_AFTER.clone(), HeaderValue::from_static("1")),
+        504 => GatewayError::new(504, "upstream timed out"),
+        _ => GatewayError::new(code, "gateway error"),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            rt: self.runtime.load_full(),
+            route: None,
+            request_id: HeaderValue::from_static(""),
+            start: Instant::now(),
+            target: None,
+            error: None,
+        }
+    }
+
+    /// Runs first: settle the request id so every later answer can carry it.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
+            Some(v) if acceptable_request_id(v) => v.clone(),
+            _ => new_request_id(),
+        };
+        Ok(())
+    }
+
+    /// Framing checks and the route lookup. Answers 400 and 404 itself.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = match request_host(req) {
+            Ok(Some(h)) if h.len() <= MAX_HOST_LEN => h,
+            Ok(Some(_)) => {
+                respond(session, ctx, GatewayError::new(400, "Host header too long")).await?;
+                return Ok(true);
+            }
+            Ok(None) if req.version == Version::HTTP_11 => {
+                respond(session, ctx, GatewayError::new(400, "missing Host header")).await?;
+                return Ok(true);
+            }
+            Ok(None) => "",
+            Err(msg) => {
+                respond(session, ctx, GatewayError::new(400, msg)).await?;
+                return Ok(true);
+            }
+        };
+        let mut lower = [0u8; MAX_HOST_LEN];
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let buf = &mut lower[..host.len()];
+            buf.copy_from_slice(host.as_bytes());
+            buf.make_ascii_lowercase();
+            // Lowercasing ASCII letters keeps the bytes valid UTF-8.
+            std::str::from_utf8(buf).unwrap_or("")
+        } else {
+            host
+        };
+        let view = RequestView {
+            host,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        ctx.route = ctx.rt.router.find(&view);
+        if ctx.route.is_none() {
+            respond(session, ctx, status_error(404)).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Pick a healthy target of the route's upstream.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route() else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let up = &route.upstream;
+        let ip_buf;
+        let key: &[u8] = match &up.hash_key {
+            None => b"",
+            Some(HashKey::Header(name)) => session
+                .req_header()
+                .headers
+                .get(name)
+                .map_or(b"", |v| v.as_bytes()),
+            Some(HashKey::Path) => session.req_header().uri.path().as_bytes(),
+            Some(HashKey::Ip) => {
+                ip_buf = client_ip(session)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                ip_buf.as_bytes()
+            }
+        };
+        let Some(backend) = up.select(key) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
+        };
+        let peer = up.peer(&backend);
+        ctx.target = backend.addr.as_inet().copied();
+        Ok(Box::new(peer))
+    }
+
+    /// Path rewrite, forwarding headers, the route's request header rules.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+
+        // h2 and absolute-form requests carry the authority in the URI; an HTTP/1.1
+        // upstream wants it in Host and an origin-form target.
+        let authority = upstream_request.uri.authority().cloned();
+        if let Some(a) = &authority {
+            if !upstream_request.headers.contains_key(HOST) {
+                upstream_request.insert_header(HOST, a.as_str())?;
+            }
+        }
+        let strip = route
+            .strip_prefix
+            .as_deref()
+            .filter(|p| upstream_request.uri.path().starts_with(p));
+        if strip.is_some() || authority.is_some() {
+            let path = upstream_request.uri.path();
+            let path = match strip {
+                Some(p) => &path[p.len()..],
+                None => path,
+            };
+            let mut target = String::with_capacity(path.len() + 64);
+            if !path.starts_with('/') {
+                target.push('/');
+            }
+            target.push_str(path);
+            if let Some(q) = upstream_request.uri.query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            let uri = target
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request target"))?;
+            upstream_request.set_uri(uri);
+        }
+
+        if let Some(ip) = client_ip(session) {
+            let ip = ip.to_string();
+            let xff = match upstream_request.headers.get(&X_FORWARDED_FOR) {
+                Some(prev) => {
+                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.as_bytes());
+                    HeaderValue::from_bytes(&v).ok()
+                }
+                None => HeaderValue::from_str(&ip).ok(),
+            };
+            if let Some(xff) = xff {
+                upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            }
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header(
+            X_FORWARDED_PROTO.clone(),
+            if tls { "https" } else { "http" },
+        )?;
+        let host = authority
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| session.req_header().headers.get(HOST).cloned());
+        if let Some(h) = host {
+            upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?;
+        }
+        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+
+        route
+            .request_headers
+            .apply(&mut ReqHeaders(upstream_request));
+        Ok(())
+    }
+
+    /// The route's response header rules; the request id goes back to the client.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            route
+                .response_headers
+                .apply(&mut RespHeaders(upstream_response));
+        }
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    /// Connect failures are not retried until a retry policy says so.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        e
+    }
+
+    /// Any error that ends the request: answer in the envelope if nothing was sent yet.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let code = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => *code,
+            (
+                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+                ErrorSource::Upstream,
+            ) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => 0,
+            (ReadTimedout, ErrorSource::Downstream) => 408,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            // The request may be mid-body; never reuse the connection after a failure.
+            session.set_keepalive(None);
+            if let Err(write_err) = respond(session, ctx, status_error(code)).await {
+                log::debug!("cannot send error response: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if !self.access_log.enabled() {
+            return;
+        }
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let client = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let host = request_host(req).ok().flatten().unwrap_or("");
+        let target = ctx.target.map(|t| t.to_string());
+        let error = e.map(|e| e.to_string());
+        let route = ctx.route();
+        self.access_log.write(&Entry {
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+            client: &client,
+            method: req.method.as_str(),
+            host,
+            path: req.uri.path(),
+            route: route.map(|r| r.name.as_str()),
+            upstream: route.map(|r| r.upstream.name.as_str()),
+            target: target.as_deref(),
+            status,
+            duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent: session.body_bytes_sent(),
+            error: ctx.error.or(error.as_deref()),
+        });
+    }
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    match session.client_addr()? {
+        PingoraAddr::Inet(a) => Some(a.ip()),
+        _ => None,
+    }
+}

@@ -1,0 +1,46 @@
+//! The background service that runs active health checks.
+//!
+//! It reads the current [`Runtime`] on every tick, so upstreams that a reload adds or
+//! removes are picked up without restarting anything. Each upstream is probed at its own
+//! `interval_ms`; a round that is still running is never started twice.
+
+use crate::runtime::RuntimeHandle;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::time::{Duration, Instant};
+
+/// How often the service looks for due probes; bounds how late a probe can start.
+const TICK: Duration = Duration::from_millis(50);
+
+pub struct HealthService {
+    runtime: RuntimeHandle,
+}
+
+impl HealthService {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self { runtime }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let epoch = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let now_ms = epoch.elapsed().as_millis() as u64;
+            let rt = self.runtime.load();
+            for up in rt.upstreams.values() {
+                if up.probe_due(now_ms) {
+                    let up = up.clone();
+                    tokio::spawn(async move { up.probe().await });
+                }
+            }
+        }
+    }
+}

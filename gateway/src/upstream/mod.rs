@@ -1,0 +1,287 @@
+//! Upstream pools: the targets of one named upstream, how one is picked, how it is reached,
+//! and how its health is probed.
+//!
+//! Selection runs on pingora-load-balancing. Weighted round robin and random use
+//! [`Weighted`] selectors (each target appears `weight` times), consistent hashing uses
+//! Ketama. Active health checks are pingora's TCP and HTTP checks, run by
+//! [`health::HealthService`] at each upstream's own interval.
+
+pub mod health;
+
+use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
+use http::HeaderName;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{consistent::KetamaHashing, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(HeaderName),
+    Ip,
+    Path,
+}
+
+impl HashKey {
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        if let Some(h) = s.strip_prefix("header:") {
+            HeaderName::from_bytes(h.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name in {s:?}"))
+        } else if s == "ip" {
+            Ok(HashKey::Ip)
+        } else if s == "path" {
+            Ok(HashKey::Path)
+        } else {
+            Err(format!("{s:?} is not header:NAME, ip or path"))
+        }
+    }
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Hash(LoadBalancer<KetamaHashing>),
+}
+
+/// Targets tried before giving up on finding a healthy one.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+pub struct Upstream {
+    pub name: String,
+    balancer: Balancer,
+    pub hash_key: Option<HashKey>,
+    tls: bool,
+    sni: Option<String>,
+    verify: bool,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    /// Interval of the active health check, if one is configured.
+    pub health_interval: Option<Duration>,
+    /// Milliseconds since the process epoch when the next probe round is due.
+    next_probe_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Upstream {
+    /// Build a pool from a validated upstream definition.
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut set = BTreeSet::new();
+        for t in &cfg.targets {
+            for addr in crate::config::resolve(&t.addr)? {
+                set.insert(Backend {
+                    addr: PingoraAddr::Inet(addr),
+                    weight: t.weight,
+                    ext: Default::default(),
+                });
+            }
+        }
+        let mut backends = Backends::new(Static::new(set));
+        if let Some(hc) = &cfg.health_check {
+            let timeout = Duration::from_millis(hc.timeout_ms);
+            match hc.kind {
+                HealthCheckKind::Tcp => {
+                    let mut check = TcpHealthCheck::new();
+                    check.consecutive_success = hc.healthy;
+                    check.consecutive_failure = hc.unhealthy;
+                    check.peer_template.options.connection_timeout = Some(timeout);
+                    backends.set_health_check(check);
+                }
+                HealthCheckKind::Http => {
+                    let host = hc
+                        .host
+                        .clone()
+                        .or_else(|| cfg.sni.clone())
+                        .unwrap_or_else(|| "localhost".into());
+                    let mut check = HttpHealthCheck::new(&host, cfg.tls);
+                    check.consecutive_success = hc.healthy;
+                    check.consecutive_failure = hc.unhealthy;
+                    check.peer_template.options.connection_timeout = Some(timeout);
+                    check.peer_template.options.read_timeout = Some(timeout);
+                    check.peer_template.options.verify_cert = cfg.verify;
+                    check.peer_template.options.verify_hostname = cfg.verify;
+                    check.req.set_uri(
+                        hc.path
+                            .parse()
+                            .map_err(|_| format!("invalid health check path {:?}", hc.path))?,
+                    );
+                    check.validator = Some(Box::new(|resp| {
+                        if resp.status.is_success() {
+                            Ok(())
+                        } else {
+                            Err(pingora::Error::explain(
+                                pingora::ErrorType::CustomCode(
+                                    "health check status",
+                                    resp.status.as_u16(),
+                                ),
+                                "unhealthy status",
+                            ))
+                        }
+                    }));
+                    backends.set_health_check(Box::new(check));
+                }
+            }
+        }
+        let balancer = match cfg.lb {
+            LbAlgorithm::WeightedRoundRobin => Balancer::RoundRobin(build(backends)?),
+            LbAlgorithm::Random => Balancer::Random(build(backends)?),
+            LbAlgorithm::ConsistentHash => Balancer::Hash(build(backends)?),
+        };
+        let hash_key = match &cfg.hash_key {
+            Some(k) => Some(HashKey::parse(k)?),
+            None => None,
+        };
+        let t = &cfg.timeouts;
+        Ok(Upstream {
+            name: name.to_string(),
+            balancer,
+            hash_key,
+            tls: cfg.tls,
+            sni: cfg.sni.clone(),
+            verify: cfg.verify,
+            connect_timeout: Duration::from_millis(t.connect_ms),
+            read_timeout: Duration::from_millis(t.read_ms),
+            write_timeout: Duration::from_millis(t.write_ms),
+            idle_timeout: Duration::from_millis(t.idle_ms),
+            health_interval: cfg
+                .health_check
+                .as_ref()
+                .map(|h| Duration::from_millis(h.interval_ms)),
+            next_probe_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    /// Pick a healthy target; `key` feeds the consistent hash and is ignored otherwise.
+    pub fn select(&self, key: &[u8]) -> Option<Backend> {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
+            Balancer::Random(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
+            Balancer::Hash(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
+        }
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Hash(lb) => lb.backends(),
+        }
+    }
+
+    /// Every target with its current health.
+    pub fn targets(&self) -> Vec<(SocketAddr, usize, bool)> {
+        let b = self.backends();
+        b.get_backend()
+            .iter()
+            .filter_map(|t| t.addr.as_inet().map(|a| (*a, t.weight, b.ready(t))))
+            .collect()
+    }
+
+    /// The peer to connect to for `backend`, with this upstream's timeouts and TLS settings.
+    pub fn peer(&self, backend: &Backend) -> HttpPeer {
+        let sni = match (&self.sni, self.tls) {
+            (Some(s), _) => s.clone(),
+            (None, true) => backend
+                .addr
+                .as_inet()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            (None, false) => String::new(),
+        };
+        let mut peer = HttpPeer::new(backend.addr.clone(), self.tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        peer
+    }
+
+    /// Run one probe round if its interval has passed and none is running.
+    /// Called by the health service's tick; the probes themselves run on a spawned task.
+    pub fn probe_due(self: &Arc<Self>, now_ms: u64) -> bool {
+        let Some(interval) = self.health_interval else {
+            return false;
+        };
+        if now_ms < self.next_probe_ms.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.next_probe_ms
+            .store(now_ms + interval.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+
+    pub async fn probe(&self) {
+        self.backends().run_health_check(true).await;
+        self.probing.store(false, Ordering::Release);
+    }
+}
+
+fn build<S>(backends: Backends) -> Result<LoadBalancer<S>, String>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    use futures::FutureExt;
+    let lb = LoadBalancer::from_backends(backends);
+    // A static discovery answers without waiting, so one poll fills the selector.
+    match lb.update().now_or_never() {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err(format!("cannot load targets: {e}")),
+        None => Err("target discovery did not answer at once".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(yaml: &str) -> Upstream {
+        let cfg: UpstreamConfig = serde_yaml::from_str(yaml).unwrap();
+        Upstream::new("u", &cfg).unwrap()
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let u = upstream(
+            "targets: [{ addr: \"127.0.0.1:1001\", weight: 3 }, { addr: \"127.0.0.1:1002\", weight: 1 }]",
+        );
+        let mut first = 0;
+        for _ in 0..10_000 {
+            let b = u.select(b"").unwrap();
+            if b.addr.as_inet().unwrap().port() == 1001 {
+                first += 1;
+            }
+        }
+        assert!((7300..=7700).contains(&first), "{first}");
+    }
+
+    #[test]
+    fn consistent_hash_is_stable() {
+        let u = upstream(
+            "targets: [{ addr: \"127.0.0.1:1001\" }, { addr: \"127.0.0.1:1002\" }, { addr: \"127.0.0.1:1003\" }]\nlb: consistent_hash\nhash_key: \"header:x-user\"",
+        );
+        for key in ["alice", "bob", "carol", "dave"] {
+            let a = u.select(key.as_bytes()).unwrap();
+            for _ in 0..50 {
+                assert_eq!(u.select(key.as_bytes()).unwrap().addr, a.addr);
+            }
+        }
+    }
+}

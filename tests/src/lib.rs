@@ -1,0 +1,443 @@
+//! Test kit for the end-to-end suite: real upstream servers on 127.0.0.1:0 and the real
+//! `gateway` binary started on a config written for each test.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    name: String,
+    accepted: AtomicUsize,
+    requests: AtomicUsize,
+    /// Delay before each answer, in milliseconds.
+    delay_ms: AtomicU64,
+    /// Status for ordinary requests; 0 means 200.
+    status: AtomicU64,
+    unhealthy: AtomicBool,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// An HTTP/1.1 + h2c upstream that answers JSON describing the request it got:
+/// `{"upstream": NAME, "method", "uri", "headers": {..}, "body"}`. `/healthz` answers 200,
+/// or 503 after [`Upstream::set_healthy`]`(false)`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let state = Arc::new(State {
+            name: name.to_string(),
+            ..Default::default()
+        });
+        Self::serve(state, addr).await
+    }
+
+    async fn serve(state: Arc<State>, addr: SocketAddr) -> Upstream {
+        let listener = bind_retrying(addr).await;
+        let addr = listener.local_addr().unwrap();
+        let mut tasks = JoinSet::new();
+        let st = state.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                // Reap finished connections so the set does not grow without bound.
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Upstream {
+            addr,
+            state,
+            tasks: Some(tasks),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stop listening and drop every open connection.
+    pub async fn stop(&mut self) {
+        if let Some(mut t) = self.tasks.take() {
+            t.shutdown().await;
+        }
+    }
+
+    /// Listen again on the same address, keeping counters.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let again = Self::serve(self.state.clone(), self.addr).await;
+        *self = again;
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status as u64, Ordering::SeqCst);
+    }
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+    pub fn last(&self) -> Option<Seen> {
+        self.state.seen.lock().unwrap().last().cloned()
+    }
+}
+
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    if parts.uri.path() == "/healthz" {
+        let status = if st.unhealthy.load(Ordering::SeqCst) {
+            503
+        } else {
+            200
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap());
+    }
+    st.requests.fetch_add(1, Ordering::SeqCst);
+    let headers: BTreeMap<String, String> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: headers.clone(),
+        body: body.clone(),
+    };
+    st.seen.lock().unwrap().push(seen);
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = match st.status.load(Ordering::SeqCst) {
+        0 => 200,
+        s => s as u16,
+    };
+    let json = serde_json::json!({
+        "upstream": st.name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", st.name.as_str())
+        .header("server", "test-upstream")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap())
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The workspace root (where `conf/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The gateway binary: `$GATEWAY_BIN`, or `gateway` next to the test's own target dir.
+pub fn gateway_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/gateway
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("gateway");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p gateway` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// Where a gateway under test keeps its files and listens.
+pub struct Setup {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The `server:` block: the plain listener, private pid/upgrade files, access log to a file.
+    pub fn server_yaml(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "server:\n  listen: [\"127.0.0.1:{}\"]\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: {d}/access.log\n  grace_period_secs: 0\n  graceful_shutdown_timeout_secs: 1\n",
+            self.port
+        )
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write `yaml` and start the gateway on it; returns once the listener accepts.
+    pub fn start(self, yaml: &str) -> Gateway {
+        let conf = self.path("gateway.yaml");
+        std::fs::write(&conf, yaml).unwrap();
+        let child = Command::new(gateway_bin())
+            .arg("-c")
+            .arg(&conf)
+            .current_dir(workspace_root())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(
+                std::fs::File::create(self.path("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.path("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start gateway");
+        let mut gw = Gateway {
+            child,
+            port: self.port,
+            dir: self.dir,
+        };
+        gw.wait_ready(self.port);
+        gw
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gateway {
+    /// Start with the standard server block followed by `rest` (upstreams, routes).
+    pub fn start(rest: &str) -> Gateway {
+        let s = Setup::new();
+        let yaml = format!("{}{rest}", s.server_yaml());
+        s.start(&yaml)
+    }
+
+    pub fn wait_ready(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited with {status}: {}", self.stderr());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not listen on {port}: {}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("stderr.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The access log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that never uses a system proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET `url` and return status, headers and the body parsed as JSON (Null if not JSON).
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap_or_default();
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
+/// Send raw bytes on a new connection and read until the peer closes or `wait` passes.
+pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> String {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Send each request on one keep-alive connection, reading one whole response
+/// (head plus Content-Length body) before sending the next.
+pub fn raw_sequence(port: u16, requests: &[&[u8]]) -> Vec<String> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answers = Vec::new();
+    for req in requests {
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        answers.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    answers
+}
+
+/// Assert that a gateway answer is the JSON envelope with this code.
+pub fn assert_envelope(status: u16, body: &serde_json::Value, code: u16) {
+    assert_eq!(status, code, "status; body {body}");
+    assert_eq!(body["code"], code, "envelope code in {body}");
+    assert!(body["message"].is_string(), "envelope message in {body}");
+    assert!(body.get("data").is_some(), "envelope data in {body}");
+}

@@ -1,0 +1,122 @@
+//! The config loader as an operator meets it: `gateway -t`, faults named by YAML path,
+//! and every shipped config accepted.
+
+use std::path::PathBuf;
+use std::process::Command;
+use tests::{gateway_bin, workspace_root, Setup};
+
+fn check(path: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(gateway_bin())
+        .args(["-t", "-c"])
+        .arg(path)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn shipped_configs() -> Vec<PathBuf> {
+    let root = workspace_root().join("conf");
+    let mut files = vec![root.join("gateway.yaml")];
+    for dir in [root.join("examples")] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn every_shipped_config_is_accepted() {
+    let files = shipped_configs();
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        let (ok, stdout, stderr) = check(&f);
+        assert!(ok, "{} refused: {stderr}", f.display());
+        assert!(stdout.contains("configuration ok"), "{stdout}");
+    }
+}
+
+#[test]
+fn faults_are_listed_with_yaml_paths_and_exit_1() {
+    let s = Setup::new();
+    let f = s.path("bad.yaml");
+    std::fs::write(
+        &f,
+        r#"
+upstreams:
+  users:
+    targets: [{ addr: "127.0.0.1:9001", weight: 0 }]
+routes:
+  - { name: a, upstream: users }
+  - { name: b, upstream: missing }
+  - { name: c, upstream: users, match: { path: { regex: "^/(x" } } }
+  - { name: a, upstream: users, match: { methods: ["G T"] } }
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    for want in [
+        "upstreams.users.targets[0].weight: must be at least 1",
+        "routes[1].upstream: unknown upstream \"missing\"",
+        "routes[2].match.path.regex:",
+        "unclosed group",
+        "routes[3].name: duplicate route name \"a\"",
+        "routes[3].match.methods[0]: invalid method",
+        "configuration refused (5 errors)",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+
+    std::fs::write(
+        &f,
+        "routes:\n  - name: a\n    upstream: u\n    match: { path: { prefx: / } }\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    assert!(
+        stderr.contains("routes[0].match.path: unknown field `prefx`, expected one of `exact`, `prefix`, `regex` at line 4"),
+        "{stderr}"
+    );
+
+    std::fs::write(&f, "server:\n  listen: [\"nowhere\"]\n  lissten: 1\n").unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    assert!(
+        stderr.contains("server: unknown field `lissten`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_broken_config_is_never_served() {
+    let s = Setup::new();
+    let port = s.port;
+    let f = s.path("broken.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  pid_file: {}\n  upgrade_sock: {}\nroutes:\n  - {{ name: a, upstream: nowhere }}\n",
+            s.path("pid").display(),
+            s.path("sock").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(gateway_bin())
+        .arg("-c")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

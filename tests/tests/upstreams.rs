@@ -1,0 +1,223 @@
+//! Load balancing and active health checks, against real upstream servers.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tests::{assert_envelope, client, get_json, Gateway, Upstream};
+
+/// Send `n` GETs over `conns` keep-alive clients; count answers by `x-upstream`.
+async fn spread(
+    url: &str,
+    n: usize,
+    conns: usize,
+    header: Option<(&'static str, String)>,
+) -> HashMap<String, usize> {
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let url = url.to_string();
+        let header = header.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for _ in (w..n).step_by(conns) {
+                let mut rb = c.get(&url);
+                if let Some((k, v)) = &header {
+                    rb = rb.header(*k, v);
+                }
+                let r = rb.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let who = r.headers()["x-upstream"].to_str().unwrap().to_string();
+                *counts.entry(who).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut total: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_splits_3_to_1() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "{}", weight: 3 }}, {{ addr: "{}", weight: 1 }}]
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+        a.addr, b.addr
+    ));
+    let counts = spread(&gw.url("/"), 10_000, 8, None).await;
+    let share_a = counts["a"] as f64 / 10_000.0;
+    assert!(
+        (0.73..=0.77).contains(&share_a),
+        "a got {share_a:.3} of 10,000: {counts:?}"
+    );
+    assert_eq!(counts["a"] + counts["b"], 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_key_on_one_target() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}, {{ addr: "{}" }}]
+    lb: consistent_hash
+    hash_key: "header:x-user-id"
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+        ups[0].addr, ups[1].addr, ups[2].addr
+    ));
+    let mut used = HashMap::new();
+    for user in 0..30 {
+        let counts = spread(
+            &gw.url("/"),
+            20,
+            2,
+            Some(("x-user-id", format!("user-{user}"))),
+        )
+        .await;
+        assert_eq!(counts.len(), 1, "user-{user} spread over {counts:?}");
+        *used.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
+    }
+    assert!(
+        used.len() >= 2,
+        "30 keys should not all land on one target: {used:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_uses_every_target() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  u:\n    targets: [{{ addr: \"{}\" }}, {{ addr: \"{}\" }}]\n    lb: random\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        a.addr, b.addr
+    ));
+    let counts = spread(&gw.url("/"), 400, 4, None).await;
+    assert!(counts["a"] > 100 && counts["b"] > 100, "{counts:?}");
+}
+
+/// Poll until every answer for a while comes from `want` (or fail after `limit`).
+async fn wait_only(url: &str, want: &str, limit: Duration) -> Duration {
+    let c = client();
+    let t = Instant::now();
+    loop {
+        let mut all = true;
+        for _ in 0..4 {
+            let r = c.get(url).send().await.unwrap();
+            if r.status() != 200 || r.headers()["x-upstream"] != want {
+                all = false;
+            }
+        }
+        if all {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "traffic did not settle on {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_check_ejects_and_restores_a_target() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    health_check: {{ type: http, path: /healthz, interval_ms: 200, timeout_ms: 200, healthy: 2, unhealthy: 2 }}
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+        a.addr, b.addr
+    ));
+    let url = gw.url("/");
+    // Both serve at first.
+    let counts = spread(&url, 20, 1, None).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    // Out within unhealthy x interval (400 ms), with a wide margin for a busy machine.
+    b.set_healthy(false);
+    let took = wait_only(&url, "a", Duration::from_secs(3)).await;
+    assert!(
+        took >= Duration::from_millis(150),
+        "ejected before any failed probe: {took:?}"
+    );
+    let counts = spread(&url, 40, 2, None).await;
+    assert_eq!(counts.get("b"), None, "{counts:?}");
+
+    // Back after `healthy` good probes.
+    b.set_healthy(true);
+    let t = Instant::now();
+    loop {
+        let counts = spread(&url, 10, 1, None).await;
+        if counts.contains_key("b") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "b did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_health_check_and_no_healthy_target() {
+    let a = Upstream::start("a").await;
+    let mut b = Upstream::start("b").await;
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    health_check: {{ type: tcp, interval_ms: 200, timeout_ms: 200, healthy: 1, unhealthy: 2 }}
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+        a.addr, b.addr
+    ));
+    let url = gw.url("/");
+    b.stop().await;
+    wait_only(&url, "a", Duration::from_secs(3)).await;
+
+    b.restart().await;
+    let t = Instant::now();
+    while !spread(&url, 10, 1, None).await.contains_key("b") {
+        assert!(t.elapsed() < Duration::from_secs(3), "b did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every target down: 503 in the envelope with Retry-After, without waiting on a connect.
+    let mut a = a;
+    a.stop().await;
+    b.stop().await;
+    let c = client();
+    let t = Instant::now();
+    loop {
+        let (status, headers, body) = get_json(&c, &url).await;
+        if status == 503 {
+            assert_envelope(status, &body, 503);
+            assert_eq!(headers["retry-after"], "1");
+            break;
+        }
+        assert_envelope(status, &body, 502);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "targets never marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
