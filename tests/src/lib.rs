@@ -46,6 +46,7 @@ struct State {
 pub struct Upstream {
     pub addr: SocketAddr,
     state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tasks: Option<JoinSet<()>>,
 }
 
@@ -59,14 +60,43 @@ impl Upstream {
             name: name.to_string(),
             ..Default::default()
         });
-        Self::serve(state, addr).await
+        Self::serve(state, addr, None).await
     }
 
-    async fn serve(state: Arc<State>, addr: SocketAddr) -> Upstream {
+    /// An HTTPS upstream (HTTP/1.1) with this PEM certificate chain and key.
+    pub async fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Upstream {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let state = Arc::new(State {
+            name: name.to_string(),
+            ..Default::default()
+        });
+        Self::serve(state, "127.0.0.1:0".parse().unwrap(), Some(acceptor)).await
+    }
+
+    async fn serve(
+        state: Arc<State>,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
         let st = state.clone();
+        let acceptor = tls.clone();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -75,11 +105,21 @@ impl Upstream {
                 };
                 st.accepted.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
                 // Reap finished connections so the set does not grow without bound.
                 while conns.try_join_next().is_some() {}
@@ -88,6 +128,7 @@ impl Upstream {
         Upstream {
             addr,
             state,
+            tls,
             tasks: Some(tasks),
         }
     }
@@ -106,7 +147,7 @@ impl Upstream {
     /// Listen again on the same address, keeping counters.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let again = Self::serve(self.state.clone(), self.addr).await;
+        let again = Self::serve(self.state.clone(), self.addr, self.tls.clone()).await;
         *self = again;
     }
 

@@ -79,3 +79,54 @@ async fn tls_listener_speaks_h2_and_http11_and_plain_port_speaks_h2c() {
         .unwrap();
     assert!(untrusting.get(&url).send().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_their_ca_and_name() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["backend.internal".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let up = Upstream::start_tls("secure", &leaf.pem(), &leaf_key.serialize_pem()).await;
+
+    let s = Setup::new();
+    std::fs::write(s.path("ca.pem"), ca.pem()).unwrap();
+    let ca_file = s.path("ca.pem");
+    let ca_file = ca_file.display();
+    let a = up.addr;
+    let yaml = format!(
+        r#"{}upstreams:
+  trusted:   {{ targets: [{{ addr: "{a}" }}], tls: true, sni: backend.internal, ca_file: {ca_file} }}
+  system:    {{ targets: [{{ addr: "{a}" }}], tls: true, sni: backend.internal }}
+  wrongname: {{ targets: [{{ addr: "{a}" }}], tls: true, sni: other.internal, ca_file: {ca_file} }}
+  noverify:  {{ targets: [{{ addr: "{a}" }}], tls: true, sni: backend.internal, verify: false }}
+routes:
+  - {{ name: trusted, upstream: trusted, match: {{ path: {{ prefix: /trusted }} }} }}
+  - {{ name: system, upstream: system, match: {{ path: {{ prefix: /system }} }} }}
+  - {{ name: wrongname, upstream: wrongname, match: {{ path: {{ prefix: /wrongname }} }} }}
+  - {{ name: noverify, upstream: noverify, match: {{ path: {{ prefix: /noverify }} }} }}
+"#,
+        s.server_yaml()
+    );
+    let gw = s.start(&yaml);
+    let c = tests::client();
+    for (path, want) in [
+        ("/trusted", 200),
+        ("/system", 502),
+        ("/wrongname", 502),
+        ("/noverify", 200),
+    ] {
+        let (status, _, body) = tests::get_json(&c, &gw.url(path)).await;
+        assert_eq!(status, want, "{path}: {body}");
+        if want == 200 {
+            assert_eq!(body["upstream"], "secure");
+        } else {
+            tests::assert_envelope(status, &body, 502);
+        }
+    }
+}

@@ -174,6 +174,9 @@ pub struct UpstreamConfig {
     /// Verify the target's certificate (default true).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// PEM file of the CAs that sign the targets' certificates; default: the system store.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
     #[serde(default)]

@@ -206,6 +206,16 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
         )),
         _ => {}
     }
+    if let Some(ca) = &up.ca_file {
+        if !up.tls {
+            errs.push(ConfigError::new(
+                format!("{p}.ca_file"),
+                "only used with tls: true",
+            ));
+        } else if let Err(e) = crate::upstream::load_ca(ca) {
+            errs.push(ConfigError::new(format!("{p}.ca_file"), e));
+        }
+    }
     let t = &up.timeouts;
     for (field, v) in [
         ("connect_ms", t.connect_ms),

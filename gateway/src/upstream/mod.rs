@@ -15,7 +15,10 @@ use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{consistent::KetamaHashing, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::tls::CaType;
+use pingora::tls::RootCertStore;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +65,10 @@ pub struct Upstream {
     tls: bool,
     sni: Option<String>,
     verify: bool,
+    ca: Option<Arc<CaType>>,
+    /// Keeps this upstream's pooled connections apart from other upstreams' to the same
+    /// address, whose TLS trust settings may differ.
+    pool_key: u64,
     connect_timeout: Duration,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -86,6 +93,10 @@ impl Upstream {
                 });
             }
         }
+        let ca = match &cfg.ca_file {
+            Some(f) => Some(load_ca(f)?),
+            None => None,
+        };
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             let timeout = Duration::from_millis(hc.timeout_ms);
@@ -110,6 +121,7 @@ impl Upstream {
                     check.peer_template.options.read_timeout = Some(timeout);
                     check.peer_template.options.verify_cert = cfg.verify;
                     check.peer_template.options.verify_hostname = cfg.verify;
+                    check.peer_template.options.ca = ca.clone();
                     check.req.set_uri(
                         hc.path
                             .parse()
@@ -149,6 +161,14 @@ impl Upstream {
             tls: cfg.tls,
             sni: cfg.sni.clone(),
             verify: cfg.verify,
+            ca,
+            pool_key: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                name.hash(&mut h);
+                cfg.ca_file.hash(&mut h);
+                h.finish()
+            },
             connect_timeout: Duration::from_millis(t.connect_ms),
             read_timeout: Duration::from_millis(t.read_ms),
             write_timeout: Duration::from_millis(t.write_ms),
@@ -200,6 +220,7 @@ impl Upstream {
             (None, false) => String::new(),
         };
         let mut peer = HttpPeer::new(backend.addr.clone(), self.tls, sni);
+        peer.group_key = self.pool_key;
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.read_timeout = Some(self.read_timeout);
@@ -207,6 +228,7 @@ impl Upstream {
         o.idle_timeout = Some(self.idle_timeout);
         o.verify_cert = self.verify;
         o.verify_hostname = self.verify;
+        o.ca = self.ca.clone();
         peer
     }
 
@@ -231,6 +253,25 @@ impl Upstream {
         self.backends().run_health_check(true).await;
         self.probing.store(false, Ordering::Release);
     }
+}
+
+/// Read a PEM file of CA certificates for verifying upstream targets.
+pub fn load_ca(path: &str) -> Result<Arc<CaType>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der = item.map_err(|e| format!("{path}: bad PEM: {e}"))?;
+        // webpki accepting the certificate is what verification needs; it also guards the
+        // parser below, which panics on malformed DER.
+        RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
+        certs.push(WrappedX509::new(der.to_vec(), parse_x509));
+    }
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate found"));
+    }
+    Ok(Arc::from(certs.into_boxed_slice()))
 }
 
 fn build<S>(backends: Backends) -> Result<LoadBalancer<S>, String>
