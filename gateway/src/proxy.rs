@@ -18,8 +18,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use plugins::{GatewayError, HeaderTarget};
+use plugins::breaker::{Admission, State as BreakerState};
+use plugins::retry::Failure;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -54,9 +58,25 @@ pub struct Ctx {
     route: Option<usize>,
     request_id: HeaderValue,
     start: Instant,
-    target: Option<std::net::SocketAddr>,
+    target: Option<SocketAddr>,
     /// Why the gateway answered itself, for the access log.
     error: Option<&'static str>,
+    /// The answer for an error that `upstream_peer` raises, when it is not the default one.
+    fail_hint: Option<GatewayError>,
+    /// Upstream tries made so far, and the targets they went to.
+    tries: u32,
+    tried: Vec<SocketAddr>,
+    /// This request holds one of the breaker's half-open probe slots.
+    probe: bool,
+    /// The current try's outcome has not been reported to the breaker yet.
+    attempt_open: bool,
+    /// The current try is being retried because of its status (see upstream_response_filter).
+    status_retry: bool,
+    /// Wait before the next try.
+    backoff: Duration,
+    upstream_status: Option<u16>,
+    /// Every try and backoff of this request ends by then.
+    deadline: Instant,
 }
 
 impl Ctx {
@@ -177,13 +197,23 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let now = Instant::now();
         Ctx {
             rt: self.runtime.load_full(),
             route: None,
             request_id: HeaderValue::from_static(""),
-            start: Instant::now(),
+            start: now,
             target: None,
             error: None,
+            fail_hint: None,
+            tries: 0,
+            tried: Vec::new(),
+            probe: false,
+            attempt_open: false,
+            status_retry: false,
+            backoff: Duration::ZERO,
+            upstream_status: None,
+            deadline: now,
         }
     }
 
@@ -232,19 +262,55 @@ impl ProxyHttp for Gateway {
             headers: &req.headers,
         };
         ctx.route = ctx.rt.router.find(&view);
-        if ctx.route.is_none() {
+        let Some(idx) = ctx.route else {
             respond(session, ctx, status_error(404)).await?;
             return Ok(true);
+        };
+        // Borrow the route through the `rt` field alone, so other fields stay writable.
+        let up = &ctx.rt.routes[idx].upstream;
+        ctx.deadline = ctx.start + up.deadline;
+        if let Some(breaker) = &up.breaker {
+            match breaker.try_acquire() {
+                Admission::Allowed { probe } => ctx.probe = probe,
+                Admission::Rejected { retry_after } => {
+                    let err = breaker_open(&up.name, retry_after);
+                    respond(session, ctx, err).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if let Some(policy) = &up.retry {
+            policy.record_request();
+            if !policy.cfg.idempotent_only {
+                // Keep the start of the body so a retry can send it again.
+                session.as_mut().enable_retry_buffering();
+            }
         }
         Ok(false)
     }
 
-    /// Pick a healthy target of the route's upstream.
+    /// Pick a healthy target of the route's upstream. On a retry: wait out the backoff,
+    /// ask the breaker again, and prefer a target this request has not tried.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route() else {
+        let Some(idx) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let up = &route.upstream;
+        let up = &ctx.rt.routes[idx].upstream;
+        if ctx.tries > 0 {
+            up.retries.fetch_add(1, Ordering::Relaxed);
+            if !ctx.backoff.is_zero() {
+                tokio::time::sleep(ctx.backoff).await;
+            }
+            if let Some(breaker) = &up.breaker {
+                match breaker.try_acquire() {
+                    Admission::Allowed { probe } => ctx.probe = probe,
+                    Admission::Rejected { retry_after } => {
+                        ctx.fail_hint = Some(breaker_open(&up.name, retry_after));
+                        return Error::e_explain(ErrorType::HTTPStatus(503), "breaker open");
+                    }
+                }
+            }
+        }
         let ip_buf;
         let key: &[u8] = match &up.hash_key {
             None => b"",
@@ -255,17 +321,27 @@ impl ProxyHttp for Gateway {
                 .map_or(b"", |v| v.as_bytes()),
             Some(HashKey::Path) => session.req_header().uri.path().as_bytes(),
             Some(HashKey::Ip) => {
-                ip_buf = client_ip(session)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
+                ip_buf = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
                 ip_buf.as_bytes()
             }
         };
-        let Some(backend) = up.select(key) else {
+        let Some(backend) = up.select(key, &ctx.tried) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
         };
-        let peer = up.peer(&backend);
+        let mut peer = up.peer(&backend);
+        // Each try gets at most what is left of the request's deadline.
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        let left = left.max(Duration::from_millis(1));
+        for t in [&mut peer.options.connection_timeout, &mut peer.options.read_timeout] {
+            *t = t.map(|d| d.min(left));
+        }
         ctx.target = backend.addr.as_inet().copied();
+        if let Some(t) = ctx.target {
+            ctx.tried.push(t);
+        }
+        ctx.tries += 1;
+        ctx.attempt_open = true;
+        ctx.upstream_status = None;
         Ok(Box::new(peer))
     }
 
@@ -349,6 +425,24 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Note the upstream's status; a status the retry policy names is retried here,
+    /// before anything reaches the client.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if status >= 500 && self.may_retry(session, ctx, Failure::Status(status)) {
+            self.end_attempt(ctx, false, false);
+            ctx.status_retry = true;
+            return Error::e_explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
+        }
+        Ok(())
+    }
+
     /// The route's response header rules; the request id goes back to the client.
     async fn response_filter(
         &self,
@@ -365,15 +459,63 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Connect failures are not retried until a retry policy says so.
+    /// A connect failure counts against the breaker and the target; retried per policy.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        e.set_retry(false);
+        let failure = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => Failure::Timeout,
+            _ => Failure::Connect,
+        };
+        self.end_attempt(ctx, false, true);
+        let retry = self.may_retry(session, ctx, failure);
+        e.set_retry(retry);
+        e
+    }
+
+    /// An error after the connection was made: a timeout, a reset, a broken response.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if std::mem::take(&mut ctx.status_retry) {
+            // Decided, counted and budgeted in upstream_response_filter.
+            e.set_retry(true);
+            return e;
+        }
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away or sent garbage: not the upstream's fault.
+            ctx.attempt_open = false;
+            e.set_retry(false);
+            return e;
+        }
+        let failure = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
+            _ => Failure::Connect,
+        };
+        self.end_attempt(ctx, false, true);
+        if self.may_retry(session, ctx, failure) {
+            e.set_retry(true);
+        } else if session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+        {
+            // A pooled connection the upstream had already closed: one more try on a fresh
+            // connection, as Pingora does by default.
+            ctx.backoff = Duration::ZERO;
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
         e
     }
 
@@ -395,7 +537,8 @@ impl ProxyHttp for Gateway {
         if code > 0 && session.response_written().is_none() {
             // The request may be mid-body; never reuse the connection after a failure.
             session.set_keepalive(None);
-            if let Err(write_err) = respond(session, ctx, status_error(code)).await {
+            let answer = ctx.fail_hint.take().unwrap_or_else(|| status_error(code));
+            if let Err(write_err) = respond(session, ctx, answer).await {
                 log::debug!("cannot send error response: {write_err}");
             }
         }
@@ -406,6 +549,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.attempt_open {
+            let success = match ctx.upstream_status {
+                Some(status) => status < 500,
+                None => !e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
+            };
+            self.end_attempt(ctx, success, !success);
+        }
         if !self.access_log.enabled() {
             return;
         }
@@ -433,6 +583,61 @@ impl ProxyHttp for Gateway {
             error: ctx.error.or(error.as_deref()),
         });
     }
+}
+
+impl Gateway {
+    /// Report the outcome of the current try to the breaker; a failure may also put the
+    /// target aside for a moment (passive tracking).
+    fn end_attempt(&self, ctx: &mut Ctx, success: bool, passive: bool) {
+        if !std::mem::take(&mut ctx.attempt_open) {
+            return;
+        }
+        let Some(route) = ctx.route() else { return };
+        let up = &route.upstream;
+        if let Some(b) = &up.breaker {
+            b.record(success, ctx.probe);
+        }
+        if !success && passive {
+            if let Some(t) = &ctx.target {
+                up.mark_failed(t);
+            }
+        }
+    }
+
+    /// Whether the failed try may be retried, and if so, spend from the budget and choose
+    /// the backoff. Retries stop at `attempts`, for non-idempotent methods unless allowed,
+    /// once the client has seen a byte, when the breaker is open, and at the deadline.
+    fn may_retry(&self, session: &Session, ctx: &mut Ctx, failure: Failure) -> bool {
+        let Some(route) = ctx.route() else {
+            return false;
+        };
+        let up = &route.upstream;
+        let Some(policy) = &up.retry else {
+            return false;
+        };
+        if !policy.retries(failure)
+            || ctx.tries > policy.cfg.attempts
+            || !policy.method_allowed(session.req_header().method.is_idempotent())
+            || session.response_written().is_some()
+            || session.as_ref().retry_buffer_truncated()
+            || up.breaker.as_ref().is_some_and(|b| b.state() == BreakerState::Open)
+        {
+            return false;
+        }
+        let wait = policy.backoff(ctx.tries, fastrand::f64());
+        if Instant::now() + wait >= ctx.deadline || !policy.try_spend() {
+            return false;
+        }
+        ctx.backoff = wait;
+        true
+    }
+}
+
+fn breaker_open(upstream: &str, retry_after: Duration) -> GatewayError {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    GatewayError::new(503, "circuit breaker open")
+        .with_data(serde_json::json!({ "upstream": upstream, "retry_after": secs }))
+        .with_header(RETRY_AFTER.clone(), HeaderValue::from(secs.max(1)))
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {

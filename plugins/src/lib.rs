@@ -9,3 +9,6 @@ pub mod headers;
 
 pub use envelope::GatewayError;
 pub use headers::{HeaderOps, HeaderTarget};
+pub mod breaker;
+pub mod retry;
+pub mod window;

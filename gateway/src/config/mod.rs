@@ -181,6 +181,127 @@ pub struct UpstreamConfig {
     pub timeouts: TimeoutsConfig,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// After a connect failure, timeout or broken connection, a target is passed over by
+    /// new requests and retries for this long (while another target is available); 0 turns
+    /// this passive tracking off.
+    #[serde(default = "default_failure_eject_ms")]
+    pub failure_eject_ms: u64,
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfigYaml>,
+    #[serde(default)]
+    pub retry: Option<RetryConfigYaml>,
+}
+
+fn default_failure_eject_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfigYaml {
+    /// Open after this many failures in a row.
+    #[serde(default = "default_cb_consecutive")]
+    pub consecutive_failures: u32,
+    /// ... or when this share of the requests in the window failed,
+    #[serde(default = "default_cb_rate")]
+    pub failure_rate: f64,
+    /// ... the window being this many seconds,
+    #[serde(default = "default_cb_window")]
+    pub window_secs: u32,
+    /// ... once at least this many requests were seen in it.
+    #[serde(default = "default_cb_min")]
+    pub min_requests: u32,
+    /// Stay open this long, then go half-open.
+    #[serde(default = "default_cb_open")]
+    pub open_secs: u64,
+    /// Probes let through when half-open; all succeed: closed; any fails: open.
+    #[serde(default = "default_cb_probes")]
+    pub half_open_requests: u32,
+}
+
+fn default_cb_consecutive() -> u32 {
+    5
+}
+fn default_cb_rate() -> f64 {
+    0.5
+}
+fn default_cb_window() -> u32 {
+    10
+}
+fn default_cb_min() -> u32 {
+    20
+}
+fn default_cb_open() -> u64 {
+    30
+}
+fn default_cb_probes() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfigYaml {
+    /// Retries after the first try.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// `connect_failure`, `timeout`, and upstream status codes.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    #[serde(default = "yes")]
+    pub idempotent_only: bool,
+    /// Retries may add at most this share on top of the requests of the last 10 s.
+    #[serde(default = "default_budget")]
+    pub budget_ratio: f64,
+    /// The whole request, every try and backoff included, ends by this deadline.
+    /// Default: the upstream's connect_ms + read_ms.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Condition(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_base")]
+    pub base_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub max_ms: u64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            base_ms: default_backoff_base(),
+            max_ms: default_backoff_max(),
+        }
+    }
+}
+
+fn default_retry_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::Condition("connect_failure".into()),
+        RetryOn::Condition("timeout".into()),
+    ]
+}
+fn default_budget() -> f64 {
+    0.2
+}
+fn default_backoff_base() -> u64 {
+    25
+}
+fn default_backoff_max() -> u64 {
+    250
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

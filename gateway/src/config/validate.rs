@@ -2,10 +2,13 @@
 
 use super::{
     Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm, PathMatch,
-    UpstreamConfig,
+    RetryOn, UpstreamConfig,
 };
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Retries per request; Pingora caps the tries of one request at 16.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// Check everything that serde cannot: references, addresses, regexes, header names.
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
@@ -214,6 +217,56 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             ));
         } else if let Err(e) = crate::upstream::load_ca(ca) {
             errs.push(ConfigError::new(format!("{p}.ca_file"), e));
+        }
+    }
+    if let Some(cb) = &up.circuit_breaker {
+        let cp = format!("{p}.circuit_breaker");
+        if cb.consecutive_failures == 0 {
+            errs.push(ConfigError::new(format!("{cp}.consecutive_failures"), "must be at least 1"));
+        }
+        if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {
+            errs.push(ConfigError::new(format!("{cp}.failure_rate"), "must be in (0, 1]"));
+        }
+        if cb.window_secs == 0 || cb.window_secs > 3600 {
+            errs.push(ConfigError::new(format!("{cp}.window_secs"), "must be 1 to 3600"));
+        }
+        if cb.open_secs == 0 {
+            errs.push(ConfigError::new(format!("{cp}.open_secs"), "must be at least 1"));
+        }
+        if cb.half_open_requests == 0 {
+            errs.push(ConfigError::new(format!("{cp}.half_open_requests"), "must be at least 1"));
+        }
+    }
+    if let Some(r) = &up.retry {
+        let rp = format!("{p}.retry");
+        if r.attempts > MAX_RETRY_ATTEMPTS {
+            errs.push(ConfigError::new(
+                format!("{rp}.attempts"),
+                format!("at most {MAX_RETRY_ATTEMPTS}"),
+            ));
+        }
+        if r.backoff.base_ms > r.backoff.max_ms {
+            errs.push(ConfigError::new(format!("{rp}.backoff.base_ms"), "must not exceed max_ms"));
+        }
+        if !(0.0..=10.0).contains(&r.budget_ratio) {
+            errs.push(ConfigError::new(format!("{rp}.budget_ratio"), "must be in [0, 10]"));
+        }
+        if r.deadline_ms == Some(0) {
+            errs.push(ConfigError::new(format!("{rp}.deadline_ms"), "must be greater than 0"));
+        }
+        for (i, on) in r.on.iter().enumerate() {
+            match on {
+                RetryOn::Status(s) if (500..=599).contains(s) => {}
+                RetryOn::Status(_) => errs.push(ConfigError::new(
+                    format!("{rp}.on[{i}]"),
+                    "only 5xx statuses are retried",
+                )),
+                RetryOn::Condition(c) if c == "connect_failure" || c == "timeout" => {}
+                RetryOn::Condition(c) => errs.push(ConfigError::new(
+                    format!("{rp}.on[{i}]"),
+                    format!("{c:?} is not connect_failure, timeout or a 5xx status"),
+                )),
+            }
         }
     }
     let t = &up.timeouts;

@@ -19,7 +19,10 @@ use pingora::protocols::tls::CaType;
 use pingora::tls::RootCertStore;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use std::collections::BTreeSet;
+use crate::config::RetryOn;
+use plugins::breaker::{Breaker, BreakerConfig, Clock, MonotonicClock};
+use plugins::retry::{RetryConfig, RetryPolicy};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,6 +76,15 @@ pub struct Upstream {
     read_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    pub breaker: Option<Breaker>,
+    pub retry: Option<RetryPolicy>,
+    /// Every try and backoff of one request ends by this long after it started.
+    pub deadline: Duration,
+    /// Retries sent, for metrics.
+    pub retries: AtomicU64,
+    clock: Arc<MonotonicClock>,
+    failure_eject_ms: u64,
+    ejected_until: HashMap<SocketAddr, AtomicU64>,
     /// Interval of the active health check, if one is configured.
     pub health_interval: Option<Duration>,
     /// Milliseconds since the process epoch when the next probe round is due.
@@ -83,6 +95,7 @@ pub struct Upstream {
 impl Upstream {
     /// Build a pool from a validated upstream definition.
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let clock = Arc::new(MonotonicClock::default());
         let mut set = BTreeSet::new();
         for t in &cfg.targets {
             for addr in crate::config::resolve(&t.addr)? {
@@ -97,6 +110,10 @@ impl Upstream {
             Some(f) => Some(load_ca(f)?),
             None => None,
         };
+        let ejected_until: HashMap<SocketAddr, AtomicU64> = set
+            .iter()
+            .filter_map(|b: &Backend| b.addr.as_inet().map(|a| (*a, AtomicU64::new(0))))
+            .collect();
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             let timeout = Duration::from_millis(hc.timeout_ms);
@@ -154,7 +171,61 @@ impl Upstream {
             None => None,
         };
         let t = &cfg.timeouts;
+        let breaker = cfg.circuit_breaker.as_ref().map(|cb| {
+            let upstream = name.to_string();
+            Breaker::with_clock(
+                BreakerConfig {
+                    consecutive_failures: cb.consecutive_failures,
+                    failure_rate: cb.failure_rate,
+                    window_secs: cb.window_secs,
+                    min_requests: cb.min_requests,
+                    open: Duration::from_secs(cb.open_secs),
+                    half_open_requests: cb.half_open_requests,
+                },
+                clock.clone(),
+            )
+            .on_transition(Box::new(move |from, to| {
+                log::warn!(
+                    "upstream {upstream}: circuit breaker {} -> {}",
+                    from.as_str(),
+                    to.as_str()
+                );
+            }))
+        });
+        let retry = cfg.retry.as_ref().map(|r| {
+            let mut rc = RetryConfig {
+                attempts: r.attempts,
+                base: Duration::from_millis(r.backoff.base_ms),
+                max: Duration::from_millis(r.backoff.max_ms),
+                on_connect_failure: false,
+                on_timeout: false,
+                on_status: Vec::new(),
+                idempotent_only: r.idempotent_only,
+                budget_ratio: r.budget_ratio,
+            };
+            for on in &r.on {
+                match on {
+                    RetryOn::Status(s) => rc.on_status.push(*s),
+                    RetryOn::Condition(c) if c == "timeout" => rc.on_timeout = true,
+                    RetryOn::Condition(_) => rc.on_connect_failure = true,
+                }
+            }
+            RetryPolicy::new(rc, clock.clone())
+        });
+        let deadline = Duration::from_millis(
+            cfg.retry
+                .as_ref()
+                .and_then(|r| r.deadline_ms)
+                .unwrap_or(t.connect_ms + t.read_ms),
+        );
         Ok(Upstream {
+            breaker,
+            retry,
+            deadline,
+            retries: AtomicU64::new(0),
+            clock,
+            failure_eject_ms: cfg.failure_eject_ms,
+            ejected_until,
             name: name.to_string(),
             balancer,
             hash_key,
@@ -182,12 +253,44 @@ impl Upstream {
         })
     }
 
-    /// Pick a healthy target; `key` feeds the consistent hash and is ignored otherwise.
-    pub fn select(&self, key: &[u8]) -> Option<Backend> {
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
-            Balancer::Random(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
-            Balancer::Hash(lb) => lb.select(key, MAX_SELECT_ITERATIONS),
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Hash(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    /// Pick a healthy target; `key` feeds the consistent hash and is ignored otherwise.
+    /// Targets in `avoid` (tried already by this request) and targets that failed moments
+    /// ago are passed over while any other healthy target remains.
+    pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<Backend> {
+        let now = self.clock.now_ms();
+        let tried = |b: &Backend| b.addr.as_inet().is_some_and(|a| avoid.contains(a));
+        self.select_with(key, |b, healthy| {
+            healthy && !tried(b) && !self.ejected(b, now)
+        })
+        .or_else(|| self.select_with(key, |b, healthy| healthy && !tried(b)))
+        .or_else(|| self.select_with(key, |_, healthy| healthy))
+    }
+
+    fn ejected(&self, b: &Backend, now_ms: u64) -> bool {
+        b.addr
+            .as_inet()
+            .and_then(|a| self.ejected_until.get(a))
+            .is_some_and(|until| until.load(Ordering::Relaxed) > now_ms)
+    }
+
+    /// Passive tracking: a target that just failed is passed over for `failure_eject_ms`.
+    pub fn mark_failed(&self, addr: &SocketAddr) {
+        if self.failure_eject_ms == 0 {
+            return;
+        }
+        if let Some(until) = self.ejected_until.get(addr) {
+            until.store(
+                self.clock.now_ms() + self.failure_eject_ms,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -305,7 +408,7 @@ mod tests {
         );
         let mut first = 0;
         for _ in 0..10_000 {
-            let b = u.select(b"").unwrap();
+            let b = u.select(b"", &[]).unwrap();
             if b.addr.as_inet().unwrap().port() == 1001 {
                 first += 1;
             }
@@ -319,9 +422,9 @@ mod tests {
             "targets: [{ addr: \"127.0.0.1:1001\" }, { addr: \"127.0.0.1:1002\" }, { addr: \"127.0.0.1:1003\" }]\nlb: consistent_hash\nhash_key: \"header:x-user\"",
         );
         for key in ["alice", "bob", "carol", "dave"] {
-            let a = u.select(key.as_bytes()).unwrap();
+            let a = u.select(key.as_bytes(), &[]).unwrap();
             for _ in 0..50 {
-                assert_eq!(u.select(key.as_bytes()).unwrap().addr, a.addr);
+                assert_eq!(u.select(key.as_bytes(), &[]).unwrap().addr, a.addr);
             }
         }
     }
