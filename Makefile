@@ -8,13 +8,17 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run test check fmt clippy bench bench-router deps deps-bench clean
+.PHONY: all build release run test check fmt bench bench-router deps deps-run deps-bench clean
 
 all: build
 
 # Pingora's TLS stack builds aws-lc, which needs cmake.
 deps:
 	@command -v cmake >/dev/null || { apt-get update -q && $(APT_INSTALL) cmake; }
+
+# jq formats the README's curl examples.
+deps-run: deps
+	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk; }
@@ -26,7 +30,7 @@ release: deps
 	$(CARGO) build --release -p gateway
 
 # Serve conf/gateway.yaml in front of the demo upstreams; Ctrl-C stops both.
-run: build
+run: build deps-run
 	@target/debug/demo-upstreams $(DEMO_UPSTREAMS) & demo=$$!; \
 	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)

@@ -17,9 +17,9 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use plugins::{GatewayError, HeaderTarget};
 use plugins::breaker::{Admission, State as BreakerState};
 use plugins::retry::Failure;
+use plugins::{GatewayError, HeaderTarget};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -321,7 +321,9 @@ impl ProxyHttp for Gateway {
                 .map_or(b"", |v| v.as_bytes()),
             Some(HashKey::Path) => session.req_header().uri.path().as_bytes(),
             Some(HashKey::Ip) => {
-                ip_buf = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+                ip_buf = client_ip(session)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
                 ip_buf.as_bytes()
             }
         };
@@ -332,7 +334,10 @@ impl ProxyHttp for Gateway {
         // Each try gets at most what is left of the request's deadline.
         let left = ctx.deadline.saturating_duration_since(Instant::now());
         let left = left.max(Duration::from_millis(1));
-        for t in [&mut peer.options.connection_timeout, &mut peer.options.read_timeout] {
+        for t in [
+            &mut peer.options.connection_timeout,
+            &mut peer.options.read_timeout,
+        ] {
             *t = t.map(|d| d.min(left));
         }
         ctx.target = backend.addr.as_inet().copied();
@@ -620,7 +625,10 @@ impl Gateway {
             || !policy.method_allowed(session.req_header().method.is_idempotent())
             || session.response_written().is_some()
             || session.as_ref().retry_buffer_truncated()
-            || up.breaker.as_ref().is_some_and(|b| b.state() == BreakerState::Open)
+            || up
+                .breaker
+                .as_ref()
+                .is_some_and(|b| b.state() == BreakerState::Open)
         {
             return false;
         }

@@ -10,8 +10,8 @@
 //! The hot path reads one atomic state and updates counters with atomics; a mutex is taken
 //! only to change state, so concurrent requests never wait on each other.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::window::Window;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,7 +157,8 @@ impl Breaker {
             State::Closed => Admission::Allowed { probe: false },
             State::Open => {
                 let now = self.clock.now_ms();
-                let until = self.opened_at.load(Ordering::Acquire) + self.cfg.open.as_millis() as u64;
+                let until =
+                    self.opened_at.load(Ordering::Acquire) + self.cfg.open.as_millis() as u64;
                 if now < until {
                     return Admission::Rejected {
                         retry_after: Duration::from_millis(until - now),
@@ -293,7 +294,9 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
         b.record(false, false);
         assert_eq!(b.state(), State::Open);
-        assert!(matches!(b.try_acquire(), Admission::Rejected { retry_after } if retry_after == Duration::from_secs(5)));
+        assert!(
+            matches!(b.try_acquire(), Admission::Rejected { retry_after } if retry_after == Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn backoff_is_exponential_capped_and_jittered() {
         let (p, _) = policy();
-        assert_eq!(p.backoff(1, 0.999_999), Duration::from_millis(25).mul_f64(0.999_999));
+        assert_eq!(
+            p.backoff(1, 0.999_999),
+            Duration::from_millis(25).mul_f64(0.999_999)
+        );
         assert_eq!(p.backoff(2, 1.0), Duration::from_millis(50));
         assert_eq!(p.backoff(3, 1.0), Duration::from_millis(100));
         assert_eq!(p.backoff(5, 1.0), Duration::from_millis(250));

@@ -25,6 +25,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// When the request head arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -42,7 +44,8 @@ struct State {
 
 /// An HTTP/1.1 + h2c upstream that answers JSON describing the request it got:
 /// `{"upstream": NAME, "method", "uri", "headers": {..}, "body"}`. `/healthz` answers 200,
-/// or 503 after [`Upstream::set_healthy`]`(false)`.
+/// or 503 after [`Upstream::set_healthy`]`(false)`. A query `?status=503&delay_ms=200`
+/// makes one answer fail or wait.
 pub struct Upstream {
     pub addr: SocketAddr,
     state: Arc<State>,
@@ -220,15 +223,23 @@ async fn handle(
         uri: parts.uri.to_string(),
         headers: headers.clone(),
         body: body.clone(),
+        at: Instant::now(),
     };
     st.seen.lock().unwrap().push(seen);
-    let delay = st.delay_ms.load(Ordering::SeqCst);
+    // `?status=NNN` and `?delay_ms=N` let a demo or a test ask for a failure per request.
+    let query_num = |key: &str| -> Option<u64> {
+        parts.uri.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == key).then(|| v.parse().ok()).flatten()
+        })
+    };
+    let delay = query_num("delay_ms").unwrap_or_else(|| st.delay_ms.load(Ordering::SeqCst));
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let status = match st.status.load(Ordering::SeqCst) {
-        0 => 200,
-        s => s as u16,
+    let status = match query_num("status").unwrap_or_else(|| st.status.load(Ordering::SeqCst)) {
+        s @ 100..=599 => s as u16,
+        _ => 200,
     };
     let json = serde_json::json!({
         "upstream": st.name,

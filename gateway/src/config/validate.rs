@@ -222,19 +222,34 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
     if let Some(cb) = &up.circuit_breaker {
         let cp = format!("{p}.circuit_breaker");
         if cb.consecutive_failures == 0 {
-            errs.push(ConfigError::new(format!("{cp}.consecutive_failures"), "must be at least 1"));
+            errs.push(ConfigError::new(
+                format!("{cp}.consecutive_failures"),
+                "must be at least 1",
+            ));
         }
         if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {
-            errs.push(ConfigError::new(format!("{cp}.failure_rate"), "must be in (0, 1]"));
+            errs.push(ConfigError::new(
+                format!("{cp}.failure_rate"),
+                "must be in (0, 1]",
+            ));
         }
         if cb.window_secs == 0 || cb.window_secs > 3600 {
-            errs.push(ConfigError::new(format!("{cp}.window_secs"), "must be 1 to 3600"));
+            errs.push(ConfigError::new(
+                format!("{cp}.window_secs"),
+                "must be 1 to 3600",
+            ));
         }
         if cb.open_secs == 0 {
-            errs.push(ConfigError::new(format!("{cp}.open_secs"), "must be at least 1"));
+            errs.push(ConfigError::new(
+                format!("{cp}.open_secs"),
+                "must be at least 1",
+            ));
         }
         if cb.half_open_requests == 0 {
-            errs.push(ConfigError::new(format!("{cp}.half_open_requests"), "must be at least 1"));
+            errs.push(ConfigError::new(
+                format!("{cp}.half_open_requests"),
+                "must be at least 1",
+            ));
         }
     }
     if let Some(r) = &up.retry {
@@ -246,13 +261,22 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             ));
         }
         if r.backoff.base_ms > r.backoff.max_ms {
-            errs.push(ConfigError::new(format!("{rp}.backoff.base_ms"), "must not exceed max_ms"));
+            errs.push(ConfigError::new(
+                format!("{rp}.backoff.base_ms"),
+                "must not exceed max_ms",
+            ));
         }
         if !(0.0..=10.0).contains(&r.budget_ratio) {
-            errs.push(ConfigError::new(format!("{rp}.budget_ratio"), "must be in [0, 10]"));
+            errs.push(ConfigError::new(
+                format!("{rp}.budget_ratio"),
+                "must be in [0, 10]",
+            ));
         }
         if r.deadline_ms == Some(0) {
-            errs.push(ConfigError::new(format!("{rp}.deadline_ms"), "must be greater than 0"));
+            errs.push(ConfigError::new(
+                format!("{rp}.deadline_ms"),
+                "must be greater than 0",
+            ));
         }
         for (i, on) in r.on.iter().enumerate() {
             match on {

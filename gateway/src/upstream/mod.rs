@@ -8,6 +8,7 @@
 
 pub mod health;
 
+use crate::config::RetryOn;
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
 use http::HeaderName;
 use pingora::lb::discovery::Static;
@@ -19,7 +20,6 @@ use pingora::protocols::tls::CaType;
 use pingora::tls::RootCertStore;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use crate::config::RetryOn;
 use plugins::breaker::{Breaker, BreakerConfig, Clock, MonotonicClock};
 use plugins::retry::{RetryConfig, RetryPolicy};
 use std::collections::{BTreeSet, HashMap};
