@@ -20,6 +20,7 @@ pub struct AccessLog {
 /// The fields of one line.
 pub struct Entry<'a> {
     pub request_id: &'a str,
+    pub trace_id: &'a str,
     pub client: &'a str,
     pub method: &'a str,
     pub host: &'a str,
@@ -96,6 +97,7 @@ fn format_line(e: &Entry, now: SystemTime) -> String {
     push_rfc3339(&mut s, now);
     s.push('"');
     field(&mut s, "request_id", Some(e.request_id));
+    field(&mut s, "trace_id", Some(e.trace_id));
     field(&mut s, "client", Some(e.client));
     field(&mut s, "method", Some(e.method));
     field(&mut s, "host", Some(e.host));
@@ -178,6 +180,7 @@ mod tests {
     fn line_is_json_with_escapes() {
         let e = Entry {
             request_id: "abc",
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
             client: "127.0.0.1",
             method: "GET",
             host: "h",

@@ -2,8 +2,11 @@
 //! The `gateway` binary only wires these together.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod upstream;

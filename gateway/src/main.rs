@@ -2,16 +2,20 @@
 
 use clap::Parser;
 use gateway::access_log::AccessLog;
+use gateway::admin::AdminApp;
 use gateway::config;
-use gateway::proxy::Gateway;
+use gateway::proxy::{start_draining, Gateway};
+use gateway::reload::{ReloadService, Reloader};
 use gateway::runtime::Runtime;
 use gateway::upstream::health::HealthService;
+use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,6 +40,27 @@ struct Cli {
     upgrade: bool,
 }
 
+/// Start draining as soon as Pingora begins a graceful upgrade or shutdown.
+fn watch_for_drain(server: &Server) {
+    use pingora::server::ExecutionPhase::*;
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || {
+            while let Ok(phase) = phases.blocking_recv() {
+                if matches!(
+                    phase,
+                    GracefulUpgradeTransferringFds | GracefulTerminate | ShutdownStarted
+                ) {
+                    start_draining();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot watch for shutdown: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -55,7 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match Runtime::build(&cfg, 1) {
+    let runtime = match Runtime::build(&cfg, 1, None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{}: {e}", cli.conf.display());
@@ -103,11 +128,13 @@ fn main() -> ExitCode {
     server.bootstrap();
 
     let handle = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
+    watch_for_drain(&server);
+    let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
     let mut proxy = ProxyServiceBuilder::new(
         &server.configuration,
-        Gateway::new(handle.clone(), access_log),
+        Gateway::new(handle.clone(), access_log.clone()),
     )
     .name("gateway proxy")
     .server_options(opts)
@@ -129,6 +156,21 @@ fn main() -> ExitCode {
         proxy.add_tls_with_settings(&t.listen, None, tls);
     }
     server.add_service(proxy);
+    if let Some(addr) = &s.admin {
+        let app = AdminApp {
+            runtime: handle.clone(),
+            reloader: reloader.clone(),
+            token: s.admin_token(),
+            access_log,
+        };
+        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(app));
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    server.add_service(GenBackgroundService::new(
+        "config reload".into(),
+        Arc::new(ReloadService::new(reloader, s.watch_config)),
+    ));
     server.add_service(GenBackgroundService::new(
         "health checks".into(),
         Arc::new(HealthService::new(handle)),

@@ -3,6 +3,7 @@
 //! Pingora's `Session` to them and is the only place that writes gateway responses.
 
 use crate::access_log::{AccessLog, Entry};
+use crate::metrics::{method_label, METRICS};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime, RuntimeHandle};
 use crate::upstream::HashKey;
@@ -21,11 +22,12 @@ use plugins::breaker::{Admission, State as BreakerState};
 use plugins::retry::Failure;
 use plugins::{GatewayError, HeaderTarget};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -36,6 +38,21 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// Longest host name the router looks at; longer Host headers are refused.
 const MAX_HOST_LEN: usize = 255;
+
+/// Set once the process starts to shut down or hand its sockets to a new process: from then
+/// on every response closes its connection, so clients move to the new process between
+/// requests instead of losing one to a connection closed under them.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+pub fn is_draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+pub fn start_draining() {
+    if !DRAINING.swap(true, Ordering::Relaxed) {
+        log::info!("draining: responses now close their connections");
+    }
+}
 
 pub struct Gateway {
     runtime: RuntimeHandle,
@@ -77,6 +94,11 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// Every try and backoff of this request ends by then.
     deadline: Instant,
+    /// When the current try started.
+    try_start: Instant,
+    /// W3C trace context: the trace id (hex) and flags kept from the client or made here.
+    trace_id: [u8; 32],
+    trace_flags: [u8; 2],
 }
 
 impl Ctx {
@@ -86,15 +108,38 @@ impl Ctx {
 }
 
 fn new_request_id() -> HeaderValue {
+    // 32 lowercase hex digits are always a valid header value.
+    HeaderValue::from_bytes(&random_hex::<32>()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn random_hex<const N: usize>() -> [u8; N] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
     let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for b in buf.iter_mut() {
+    for (i, b) in out.iter_mut().enumerate() {
+        if i == 32 {
+            n = fastrand::u128(..);
+        }
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    // 32 lowercase hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    out
+}
+
+/// The trace id and flags of a valid `traceparent` (version 00), per W3C Trace Context.
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+    let hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (trace, span, flags) = (&v[3..35], &v[36..52], &v[53..55]);
+    let zero = |b: &[u8]| b.iter().all(|c| *c == b'0');
+    if !hex(trace) || !hex(span) || !hex(flags) || zero(trace) || zero(span) {
+        return None;
+    }
+    let mut t = [0u8; 32];
+    t.copy_from_slice(trace);
+    Some((t, [flags[0], flags[1]]))
 }
 
 fn acceptable_request_id(v: &HeaderValue) -> bool {
@@ -168,7 +213,7 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
             || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
     };
     // After a malformed request nothing on this connection can be trusted.
-    if has_body || err.status == http::StatusCode::BAD_REQUEST {
+    if has_body || err.status == http::StatusCode::BAD_REQUEST || is_draining() {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
@@ -214,6 +259,9 @@ impl ProxyHttp for Gateway {
             backoff: Duration::ZERO,
             upstream_status: None,
             deadline: now,
+            try_start: now,
+            trace_id: [b'0'; 32],
+            trace_flags: *b"01",
         }
     }
 
@@ -223,6 +271,18 @@ impl ProxyHttp for Gateway {
             Some(v) if acceptable_request_id(v) => v.clone(),
             _ => new_request_id(),
         };
+        match session
+            .req_header()
+            .headers
+            .get(&TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+        {
+            Some((trace, flags)) => {
+                ctx.trace_id = trace;
+                ctx.trace_flags = flags;
+            }
+            None => ctx.trace_id = random_hex(),
+        }
         Ok(())
     }
 
@@ -297,7 +357,7 @@ impl ProxyHttp for Gateway {
         };
         let up = &ctx.rt.routes[idx].upstream;
         if ctx.tries > 0 {
-            up.retries.fetch_add(1, Ordering::Relaxed);
+            METRICS.retries.with_label_values(&[up.name.as_str()]).inc();
             if !ctx.backoff.is_zero() {
                 tokio::time::sleep(ctx.backoff).await;
             }
@@ -345,6 +405,7 @@ impl ProxyHttp for Gateway {
             ctx.tried.push(t);
         }
         ctx.tries += 1;
+        ctx.try_start = Instant::now();
         ctx.attempt_open = true;
         ctx.upstream_status = None;
         Ok(Box::new(peer))
@@ -423,6 +484,17 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?;
         }
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        // The gateway is one hop of the trace: same trace id, a new parent id.
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        tp[3..35].copy_from_slice(&ctx.trace_id);
+        tp[35] = b'-';
+        tp[36..52].copy_from_slice(&random_hex::<16>());
+        tp[52] = b'-';
+        tp[53..55].copy_from_slice(&ctx.trace_flags);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            upstream_request.insert_header(TRACEPARENT.clone(), v)?;
+        }
 
         route
             .request_headers
@@ -440,6 +512,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if let Some(route) = ctx.route() {
+            METRICS
+                .upstream_duration
+                .with_label_values(&[route.upstream.name.as_str()])
+                .observe(ctx.try_start.elapsed().as_secs_f64());
+        }
         if status >= 500 && self.may_retry(session, ctx, Failure::Status(status)) {
             self.end_attempt(ctx, false, false);
             ctx.status_retry = true;
@@ -451,10 +529,13 @@ impl ProxyHttp for Gateway {
     /// The route's response header rules; the request id goes back to the client.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if is_draining() {
+            session.set_keepalive(None);
+        }
         if let Some(route) = ctx.route() {
             route
                 .response_headers
@@ -561,11 +642,21 @@ impl ProxyHttp for Gateway {
             };
             self.end_attempt(ctx, success, !success);
         }
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route_label = ctx.route().map_or("-", |r| r.name.as_str());
+        let mut code = itoa::Buffer::new();
+        METRICS
+            .requests
+            .with_label_values(&[route_label, method_label(&req.method), code.format(status)])
+            .inc();
+        METRICS
+            .request_duration
+            .with_label_values(&[route_label])
+            .observe(ctx.start.elapsed().as_secs_f64());
         if !self.access_log.enabled() {
             return;
         }
-        let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let client = client_ip(session)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
@@ -575,6 +666,7 @@ impl ProxyHttp for Gateway {
         let route = ctx.route();
         self.access_log.write(&Entry {
             request_id: ctx.request_id.to_str().unwrap_or(""),
+            trace_id: std::str::from_utf8(&ctx.trace_id).unwrap_or(""),
             client: &client,
             method: req.method.as_str(),
             host,

@@ -30,12 +30,27 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Compile a config that [`crate::config::validate`] accepted.
-    pub fn build(config: &Config, generation: u64) -> Result<Runtime, String> {
+    /// Compile a config that [`crate::config::validate`] accepted. Upstreams that
+    /// `previous` defines identically are taken over as they are, with their health state,
+    /// breaker and connection pool.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, String> {
         let mut upstreams = HashMap::new();
         for (name, cfg) in &config.upstreams {
-            let up = Upstream::new(name, cfg).map_err(|e| format!("upstreams.{name}: {e}"))?;
-            upstreams.insert(name.clone(), Arc::new(up));
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|up| up.cfg == *cfg)
+                .cloned();
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(
+                    Upstream::new(name, cfg).map_err(|e| format!("upstreams.{name}: {e}"))?,
+                ),
+            };
+            upstreams.insert(name.clone(), up);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {

@@ -59,7 +59,7 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Plain listeners; each speaks HTTP/1.1 and h2c (prior knowledge).
@@ -95,6 +95,18 @@ pub struct ServerConfig {
     /// `stdout`, `off`, or a file path; one JSON object a line.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// Admin listener: /metrics, /healthz, /readyz, /admin/*. Absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Bearer token that /admin/* requires (shown redacted by /admin/config).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// ... or the name of the environment variable that holds it.
+    #[serde(default)]
+    pub admin_token_env: Option<String>,
+    /// Watch the config file and reload it when it changes (default true).
+    #[serde(default = "yes")]
+    pub watch_config: bool,
     /// Idle connections kept per upstream target for reuse.
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
@@ -111,6 +123,10 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             access_log: default_access_log(),
+            admin: None,
+            admin_token: None,
+            admin_token_env: None,
+            watch_config: true,
             upstream_keepalive_pool_size: default_keepalive_pool(),
         }
     }
@@ -141,7 +157,7 @@ fn default_keepalive_pool() -> usize {
     128
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListenerConfig {
     pub listen: String,
@@ -156,7 +172,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,
@@ -196,7 +212,7 @@ fn default_failure_eject_ms() -> u64 {
     1000
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfigYaml {
     /// Open after this many failures in a row.
@@ -238,7 +254,7 @@ fn default_cb_probes() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfigYaml {
     /// Retries after the first try.
@@ -260,14 +276,14 @@ pub struct RetryConfigYaml {
     pub deadline_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RetryOn {
     Status(u16),
     Condition(String),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_base")]
@@ -304,7 +320,7 @@ fn default_backoff_max() -> u64 {
     250
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// `IP:PORT` or `HOST:PORT` (a host name is resolved once, when the config is loaded).
@@ -326,7 +342,7 @@ pub enum LbAlgorithm {
     Random,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     #[serde(default = "default_connect_ms")]
@@ -370,7 +386,7 @@ pub enum HealthCheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(rename = "type")]
@@ -410,7 +426,7 @@ fn default_hc_unhealthy() -> usize {
     3
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -427,7 +443,7 @@ pub struct RouteConfig {
     pub headers: HeaderRulesConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact names or `*.example.com`; empty matches every host.
@@ -444,7 +460,7 @@ pub struct MatchConfig {
 }
 
 /// Exactly one of `exact`, `prefix`, `regex`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatchConfig {
     #[serde(default)]
@@ -476,7 +492,7 @@ impl PathMatchConfig {
 }
 
 /// A header value to match: a plain string is an exact match.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum HeaderMatchConfig {
     Exact(String),
@@ -484,7 +500,7 @@ pub enum HeaderMatchConfig {
 }
 
 /// Exactly one of `regex`, `present`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRuleConfig {
     #[serde(default)]
@@ -494,7 +510,7 @@ pub struct HeaderRuleConfig {
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRulesConfig {
     #[serde(default)]
@@ -503,7 +519,7 @@ pub struct HeaderRulesConfig {
     pub response: HeaderOpsConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsConfig {
     #[serde(default)]
@@ -525,6 +541,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         };
         ConfigErrors(vec![err])
     })
+}
+
+impl ServerConfig {
+    /// The admin bearer token, from the file or the environment.
+    pub fn admin_token(&self) -> Option<String> {
+        self.admin_token.clone().or_else(|| {
+            self.admin_token_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|t| !t.is_empty())
+        })
+    }
 }
 
 /// Read, parse and validate a config file.

@@ -29,6 +29,27 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         check_readable(&mut errs, &format!("{p}.cert"), &tls.cert);
         check_readable(&mut errs, &format!("{p}.key"), &tls.key);
     }
+    if let Some(admin) = &s.admin {
+        check_listen(&mut errs, "server.admin", admin);
+    }
+    if s.admin_token.is_some() && s.admin_token_env.is_some() {
+        errs.push(ConfigError::new(
+            "server.admin_token_env",
+            "set admin_token or admin_token_env, not both",
+        ));
+    }
+    if s.admin_token.as_deref() == Some("") {
+        errs.push(ConfigError::new("server.admin_token", "must not be empty"));
+    }
+    if let Some(var) = &s.admin_token_env {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {}
+            _ => errs.push(ConfigError::new(
+                "server.admin_token_env",
+                format!("environment variable {var} is not set"),
+            )),
+        }
+    }
     if s.threads == 0 {
         errs.push(ConfigError::new("server.threads", "must be at least 1"));
     }

@@ -10,6 +10,7 @@ pub mod health;
 
 use crate::config::RetryOn;
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
+use crate::metrics::METRICS;
 use http::HeaderName;
 use pingora::lb::discovery::Static;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
@@ -63,6 +64,8 @@ const MAX_SELECT_ITERATIONS: usize = 256;
 
 pub struct Upstream {
     pub name: String,
+    /// The definition this pool was built from; a reload keeps the pool when it is unchanged.
+    pub cfg: UpstreamConfig,
     balancer: Balancer,
     pub hash_key: Option<HashKey>,
     tls: bool,
@@ -80,8 +83,6 @@ pub struct Upstream {
     pub retry: Option<RetryPolicy>,
     /// Every try and backoff of one request ends by this long after it started.
     pub deadline: Duration,
-    /// Retries sent, for metrics.
-    pub retries: AtomicU64,
     clock: Arc<MonotonicClock>,
     failure_eject_ms: u64,
     ejected_until: HashMap<SocketAddr, AtomicU64>,
@@ -190,6 +191,10 @@ impl Upstream {
                     from.as_str(),
                     to.as_str()
                 );
+                METRICS
+                    .breaker_transitions
+                    .with_label_values(&[upstream.as_str(), to.as_str()])
+                    .inc();
             }))
         });
         let retry = cfg.retry.as_ref().map(|r| {
@@ -219,10 +224,10 @@ impl Upstream {
                 .unwrap_or(t.connect_ms + t.read_ms),
         );
         Ok(Upstream {
+            cfg: cfg.clone(),
             breaker,
             retry,
             deadline,
-            retries: AtomicU64::new(0),
             clock,
             failure_eject_ms: cfg.failure_eject_ms,
             ejected_until,

@@ -1,0 +1,159 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the `/admin/*` API
+//! (`GET /admin/config`, `GET /admin/upstreams`, `POST /admin/reload`).
+//!
+//! When `server.admin_token` (or `admin_token_env`) is set, `/admin/*` needs
+//! `Authorization: Bearer TOKEN`; the probes and `/metrics` stay open so that load balancers
+//! and Prometheus need no secret. Every answer except `/metrics` is the JSON envelope.
+
+use crate::access_log::AccessLog;
+use crate::metrics;
+use crate::proxy::is_draining;
+use crate::reload::{Outcome, Reloader};
+use crate::runtime::RuntimeHandle;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub struct AdminApp {
+    pub runtime: RuntimeHandle,
+    pub reloader: Arc<Reloader>,
+    pub token: Option<String>,
+    pub access_log: AccessLog,
+}
+
+fn envelope(status: u16, message: &str, data: Value) -> Response<Vec<u8>> {
+    let body = json!({"code": status, "message": message, "data": data}).to_string();
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body.into_bytes())
+        .unwrap_or_default()
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|given| same(given, token.as_bytes()))
+    }
+
+    fn upstreams(&self) -> Value {
+        let rt = self.runtime.load();
+        let mut out = serde_json::Map::new();
+        for (name, up) in &rt.upstreams {
+            let targets: Vec<Value> = up
+                .targets()
+                .into_iter()
+                .map(|(addr, weight, healthy)| {
+                    json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy})
+                })
+                .collect();
+            let breaker = up
+                .breaker
+                .as_ref()
+                .map(|b| json!({"state": b.state().as_str(), "transitions": b.transitions()}));
+            let retries = metrics::METRICS
+                .retries
+                .with_label_values(&[name.as_str()])
+                .get();
+            out.insert(
+                name.clone(),
+                json!({"targets": targets, "circuit_breaker": breaker, "retries": retries}),
+            );
+        }
+        Value::Object(out)
+    }
+
+    fn config(&self) -> Value {
+        let mut cfg = serde_json::to_value(self.reloader.config()).unwrap_or(Value::Null);
+        if let Some(server) = cfg.get_mut("server").and_then(Value::as_object_mut) {
+            if server.get("admin_token").is_some_and(|t| !t.is_null()) {
+                server.insert("admin_token".into(), Value::from("<redacted>"));
+            }
+        }
+        json!({"reload": self.reloader.status(), "config": cfg})
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let r = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || r.reload("admin API")).await {
+            Ok(Ok(Outcome::Applied {
+                generation,
+                needs_upgrade,
+            })) => envelope(
+                200,
+                "reloaded",
+                json!({"generation": generation, "needs_upgrade": needs_upgrade}),
+            ),
+            Ok(Ok(Outcome::Unchanged { generation })) => {
+                envelope(200, "unchanged", json!({"generation": generation}))
+            }
+            Ok(Err(errs)) => envelope(
+                422,
+                "config refused, the running config stays",
+                json!({"errors": errs.0.iter()
+                    .map(|e| json!({"path": e.path, "message": e.message}))
+                    .collect::<Vec<_>>()}),
+            ),
+            Err(e) => envelope(500, "reload failed", json!({"error": e.to_string()})),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        if path.starts_with("/admin/") && !self.authorized(session) {
+            let mut r = envelope(401, "admin token required", Value::Null);
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        match (method, path.as_str()) {
+            (Method::GET, "/healthz") => envelope(200, "ok", Value::Null),
+            (Method::GET, "/readyz") => {
+                if is_draining() {
+                    envelope(503, "draining", Value::Null)
+                } else {
+                    let generation = self.runtime.load().generation;
+                    envelope(200, "ready", json!({"generation": generation}))
+                }
+            }
+            (Method::GET, "/metrics") => {
+                let (body, content_type) =
+                    metrics::render(&self.runtime.load(), self.access_log.dropped());
+                Response::builder()
+                    .status(200)
+                    .header(http::header::CONTENT_TYPE, content_type)
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .unwrap_or_default()
+            }
+            (Method::GET, "/admin/config") => envelope(200, "ok", self.config()),
+            (Method::GET, "/admin/upstreams") => envelope(200, "ok", self.upstreams()),
+            (Method::POST, "/admin/reload") => self.reload().await,
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/upstreams")
+            | (_, "/admin/reload") => envelope(405, "method not allowed", Value::Null),
+            _ => envelope(404, "not found", Value::Null),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Reloading the config without a restart: SIGHUP, a change of the file (polled and
+//! debounced; an atomic rename or a symlink swap counts, since the path is read anew), or
+//! `POST /admin/reload`. The new file is parsed, validated and compiled first; a faulty one
+//! is refused with its YAML paths and the running config keeps serving. Upstreams whose
+//! definition did not change keep their pool, health state and breaker.
+
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::metrics::METRICS;
+use crate::runtime::{Runtime, RuntimeHandle};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A new config serves from now on. `needs_upgrade` names changed settings that only
+    /// take effect in a new process (listeners, threads, ...).
+    Applied {
+        generation: u64,
+        needs_upgrade: Vec<&'static str>,
+    },
+    /// The file holds the config already serving.
+    Unchanged { generation: u64 },
+}
+
+struct State {
+    config: Config,
+    generation: u64,
+    /// Hash of the file text last tried, good or bad, so a bad file is not retried on every
+    /// poll.
+    tried_hash: u64,
+    last_error: Option<Vec<ConfigError>>,
+    last_ok_unix: f64,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    handle: RuntimeHandle,
+    state: Mutex<State>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn read_hash(path: &PathBuf) -> Option<u64> {
+    std::fs::read_to_string(path).ok().map(|t| text_hash(&t))
+}
+
+impl Reloader {
+    /// `config` is what `handle` serves now (generation 1).
+    pub fn new(path: PathBuf, handle: RuntimeHandle, config: Config) -> Self {
+        let tried_hash = read_hash(&path).unwrap_or(0);
+        let now = unix_now();
+        METRICS.last_reload_success.set(now);
+        METRICS.config_generation.set(1);
+        Reloader {
+            path,
+            handle,
+            state: Mutex::new(State {
+                config,
+                generation: 1,
+                tried_hash,
+                last_error: None,
+                last_ok_unix: now,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load the file and, if it is valid and different, serve it. Blocking (file and DNS).
+    pub fn reload(&self, trigger: &str) -> Result<Outcome, ConfigErrors> {
+        let mut st = self.lock();
+        let result = self.try_reload(&mut st);
+        match &result {
+            Ok(Outcome::Applied {
+                generation,
+                needs_upgrade,
+            }) => {
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                METRICS.last_reload_success.set(st.last_ok_unix);
+                METRICS.config_generation.set(*generation as i64);
+                log::info!(
+                    "config reloaded ({trigger}): generation {generation} serves {}",
+                    self.path.display()
+                );
+                if !needs_upgrade.is_empty() {
+                    log::warn!(
+                        "config reload ({trigger}): {} changed; these take effect only after a graceful upgrade (gateway -u)",
+                        needs_upgrade.join(", ")
+                    );
+                }
+            }
+            Ok(Outcome::Unchanged { .. }) => {
+                METRICS.reloads.with_label_values(&["unchanged"]).inc();
+            }
+            Err(errs) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                for e in &errs.0 {
+                    log::error!(
+                        "config reload ({trigger}) refused, the running config stays: {}: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, st: &mut State) -> Result<Outcome, ConfigErrors> {
+        let text = std::fs::read_to_string(&self.path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", self.path.display()),
+            )])
+        });
+        let outcome = text.and_then(|text| {
+            st.tried_hash = text_hash(&text);
+            let cfg = config::parse(&text)?;
+            config::validate(&cfg)?;
+            if cfg == st.config {
+                return Ok((None, Vec::new()));
+            }
+            let prev = self.handle.load_full();
+            let rt = Runtime::build(&cfg, st.generation + 1, Some(&prev))
+                .map_err(|e| ConfigErrors(vec![ConfigError::new("", e)]))?;
+            let needs_upgrade = needs_upgrade(&st.config, &cfg);
+            Ok((Some((cfg, rt)), needs_upgrade))
+        });
+        match outcome {
+            Ok((None, _)) => {
+                st.last_error = None;
+                Ok(Outcome::Unchanged {
+                    generation: st.generation,
+                })
+            }
+            Ok((Some((cfg, rt)), needs_upgrade)) => {
+                self.handle.store(Arc::new(rt));
+                st.generation += 1;
+                st.config = cfg;
+                st.last_error = None;
+                st.last_ok_unix = unix_now();
+                Ok(Outcome::Applied {
+                    generation: st.generation,
+                    needs_upgrade,
+                })
+            }
+            Err(errs) => {
+                st.last_error = Some(errs.0.clone());
+                Err(errs)
+            }
+        }
+    }
+
+    /// The running config, for `/admin/config`.
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    /// Generation, the last reload error (with YAML paths) and when the last good config
+    /// started serving.
+    pub fn status(&self) -> serde_json::Value {
+        let st = self.lock();
+        json!({
+            "file": self.path.display().to_string(),
+            "generation": st.generation,
+            "last_success_unix": st.last_ok_unix,
+            "last_error": st.last_error.as_ref().map(|errs| errs
+                .iter()
+                .map(|e| json!({"path": e.path, "message": e.message}))
+                .collect::<Vec<_>>()),
+        })
+    }
+
+    fn tried_hash(&self) -> u64 {
+        self.lock().tried_hash
+    }
+}
+
+/// Server settings that a running process cannot change.
+fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let mut out = Vec::new();
+    if a.listen != b.listen {
+        out.push("server.listen");
+    }
+    if a.tls != b.tls {
+        out.push("server.tls");
+    }
+    if a.threads != b.threads {
+        out.push("server.threads");
+    }
+    if a.admin != b.admin {
+        out.push("server.admin");
+    }
+    if a.admin_token != b.admin_token || a.admin_token_env != b.admin_token_env {
+        out.push("server.admin_token");
+    }
+    if a.access_log != b.access_log {
+        out.push("server.access_log");
+    }
+    if a.upgrade_sock != b.upgrade_sock || a.pid_file != b.pid_file {
+        out.push("server.upgrade_sock/pid_file");
+    }
+    if a.grace_period_secs != b.grace_period_secs
+        || a.graceful_shutdown_timeout_secs != b.graceful_shutdown_timeout_secs
+    {
+        out.push("server.grace_period_secs");
+    }
+    if a.upstream_keepalive_pool_size != b.upstream_keepalive_pool_size {
+        out.push("server.upstream_keepalive_pool_size");
+    }
+    if a.watch_config != b.watch_config {
+        out.push("server.watch_config");
+    }
+    out
+}
+
+/// How often the file is read for changes. A change is applied once two reads in a row
+/// agree, so an editor's partial write is not loaded.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Background service: SIGHUP and the file watch.
+pub struct ReloadService {
+    reloader: Arc<Reloader>,
+    watch_file: bool,
+}
+
+impl ReloadService {
+    pub fn new(reloader: Arc<Reloader>, watch_file: bool) -> Self {
+        Self {
+            reloader,
+            watch_file,
+        }
+    }
+
+    async fn reload(&self, trigger: &'static str) {
+        let r = self.reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.reload(trigger)).await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(POLL);
+        let mut pending: Option<u64> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    self.reload("SIGHUP").await;
+                }
+                _ = tick.tick(), if self.watch_file => {
+                    let path = self.reloader.path.clone();
+                    let Ok(Some(hash)) = tokio::task::spawn_blocking(move || read_hash(&path)).await else {
+                        continue;
+                    };
+                    if hash == self.reloader.tried_hash() {
+                        pending = None;
+                    } else if pending == Some(hash) {
+                        pending = None;
+                        self.reload("file change").await;
+                    } else {
+                        pending = Some(hash);
+                    }
+                }
+            }
+        }
+    }
+}
