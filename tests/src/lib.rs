@@ -295,29 +295,33 @@ pub fn gateway_bin() -> PathBuf {
 pub struct Gateway {
     child: Child,
     pub port: u16,
-    pub dir: tempfile::TempDir,
+    pub admin_port: u16,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 /// Where a gateway under test keeps its files and listens.
 pub struct Setup {
     pub port: u16,
-    pub dir: tempfile::TempDir,
+    pub admin_port: u16,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 impl Setup {
     pub fn new() -> Setup {
         Setup {
             port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            admin_port: free_port(),
+            dir: Arc::new(tempfile::tempdir().unwrap()),
         }
     }
 
-    /// The `server:` block: the plain listener, private pid/upgrade files, access log to a file.
+    /// The `server:` block: the plain listener, the admin listener, private pid/upgrade
+    /// files, access log to a file.
     pub fn server_yaml(&self) -> String {
         let d = self.dir.path().display();
         format!(
-            "server:\n  listen: [\"127.0.0.1:{}\"]\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: {d}/access.log\n  grace_period_secs: 0\n  graceful_shutdown_timeout_secs: 1\n",
-            self.port
+            "server:\n  listen: [\"127.0.0.1:{}\"]\n  admin: \"127.0.0.1:{}\"\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: {d}/access.log\n  grace_period_secs: 0\n  graceful_shutdown_timeout_secs: 1\n",
+            self.port, self.admin_port
         )
     }
 
@@ -327,26 +331,8 @@ impl Setup {
 
     /// Write `yaml` and start the gateway on it; returns once the listener accepts.
     pub fn start(self, yaml: &str) -> Gateway {
-        let conf = self.path("gateway.yaml");
-        std::fs::write(&conf, yaml).unwrap();
-        let child = Command::new(gateway_bin())
-            .arg("-c")
-            .arg(&conf)
-            .current_dir(workspace_root())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(
-                std::fs::File::create(self.path("stdout.log")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(self.path("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("start gateway");
-        let mut gw = Gateway {
-            child,
-            port: self.port,
-            dir: self.dir,
-        };
+        std::fs::write(self.path("gateway.yaml"), yaml).unwrap();
+        let mut gw = Gateway::spawn(&self.dir, self.port, self.admin_port, &[], "");
         gw.wait_ready(self.port);
         gw
     }
@@ -359,6 +345,85 @@ impl Default for Setup {
 }
 
 impl Gateway {
+    fn spawn(
+        dir: &Arc<tempfile::TempDir>,
+        port: u16,
+        admin_port: u16,
+        extra: &[&str],
+        log_suffix: &str,
+    ) -> Gateway {
+        let d = dir.path();
+        let child = Command::new(gateway_bin())
+            .args(extra)
+            .arg("-c")
+            .arg(d.join("gateway.yaml"))
+            .current_dir(workspace_root())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(
+                std::fs::File::create(d.join(format!("stdout{log_suffix}.log"))).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join(format!("stderr{log_suffix}.log"))).unwrap(),
+            ))
+            .spawn()
+            .expect("start gateway");
+        Gateway {
+            child,
+            port,
+            admin_port,
+            dir: dir.clone(),
+        }
+    }
+
+    /// Start a second process on the same config with `-u`, to take the sockets over
+    /// once this one gets SIGQUIT. Returns when its upgrade socket exists.
+    pub fn spawn_upgrade(&self) -> Gateway {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let gw = Gateway::spawn(&self.dir, self.port, self.admin_port, &["-u"], ".new");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "no upgrade socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gw
+    }
+
+    /// Send a signal (`QUIT`, `HUP`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Wait up to `limit` for the process to exit; its exit code if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// Rewrite the config file in place (the gateway reloads it when watching).
+    pub fn write_config(&self, yaml: &str) {
+        // Write aside and rename, as editors and config management do.
+        let tmp = self.dir.path().join("gateway.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("gateway.yaml")).unwrap();
+    }
+
     /// Start with the standard server block followed by `rest` (upstreams, routes).
     pub fn start(rest: &str) -> Gateway {
         let s = Setup::new();
@@ -386,8 +451,10 @@ impl Gateway {
 
     pub fn stderr(&self) -> String {
         let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("stderr.log")) {
-            let _ = f.read_to_string(&mut s);
+        for name in ["stderr.log", "stderr.new.log"] {
+            if let Ok(mut f) = std::fs::File::open(self.dir.path().join(name)) {
+                let _ = f.read_to_string(&mut s);
+            }
         }
         s
     }
@@ -451,6 +518,106 @@ pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Outcome of [`keepalive_load`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: u64,
+    pub non_2xx: u64,
+    pub reconnects: u64,
+}
+
+/// `conns` clients that never retry, each sending GET `path` over one keep-alive
+/// connection, one request at a time, until `stop` is set. A client opens a new
+/// connection only when a response says `Connection: close`. Any request that does not
+/// get a whole response is a failure.
+pub async fn keepalive_load(
+    port: u16,
+    path: &str,
+    conns: usize,
+    stop: Arc<AtomicBool>,
+) -> LoadResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: load.test\r\n\r\n").into_bytes();
+    let mut set = JoinSet::new();
+    for _ in 0..conns {
+        let stop = stop.clone();
+        let req = req.clone();
+        set.spawn(async move {
+            let mut r = LoadResult::default();
+            let mut conn: Option<tokio::net::TcpStream> = None;
+            let mut buf = Vec::with_capacity(4096);
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                        Ok(c) => conn = Some(c),
+                        Err(_) => {
+                            r.failed += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                let c = conn.as_mut().unwrap();
+                buf.clear();
+                let mut outcome: Option<(u16, bool)> = None;
+                if c.write_all(&req).await.is_ok() {
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                let status =
+                                    head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                                let close = head.contains("connection: close");
+                                outcome = Some((status, close));
+                                break;
+                            }
+                        }
+                        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => break,
+                        }
+                    }
+                }
+                match outcome {
+                    Some((status, close)) => {
+                        r.ok += 1;
+                        if !(200..300).contains(&status) {
+                            r.non_2xx += 1;
+                        }
+                        if close {
+                            conn = None;
+                            r.reconnects += 1;
+                        }
+                    }
+                    None => {
+                        r.failed += 1;
+                        conn = None;
+                    }
+                }
+            }
+            r
+        });
+    }
+    let mut total = LoadResult::default();
+    while let Some(r) = set.join_next().await {
+        let r = r.unwrap();
+        total.ok += r.ok;
+        total.failed += r.failed;
+        total.non_2xx += r.non_2xx;
+        total.reconnects += r.reconnects;
+    }
+    total
 }
 
 /// Send each request on one keep-alive connection, reading one whole response

@@ -1,0 +1,479 @@
+//! Operating the gateway: metrics, the admin API, hot reload under traffic, and graceful
+//! upgrade without a failed request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::{client, get_json, keepalive_load, Gateway, Setup, Upstream};
+
+fn two_routes(server: &str, a: &Upstream, b: &Upstream, v_to: &str) -> String {
+    format!(
+        r#"{server}upstreams:
+  a: {{ targets: [{{ addr: "{}" }}] }}
+  b: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: v, upstream: {v_to}, match: {{ path: {{ prefix: /v }} }} }}
+  - {{ name: other, upstream: a }}
+"#,
+        a.addr, b.addr
+    )
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series, by its exact label set as Prometheus prints it.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_route_and_upstream_labels_never_paths() {
+    let a = Upstream::start("a").await;
+    let mut b = Upstream::start("b").await;
+    let s = Setup::new();
+    let yaml = format!(
+        r#"{}upstreams:
+  a: {{ targets: [{{ addr: "{}" }}] }}
+  b:
+    targets: [{{ addr: "{}" }}]
+    health_check: {{ type: tcp, interval_ms: 100, unhealthy: 1, healthy: 1 }}
+    circuit_breaker: {{ consecutive_failures: 1, open_secs: 60 }}
+    retry: {{ attempts: 1, on: [connect_failure] }}
+routes:
+  - {{ name: users, upstream: a, match: {{ path: {{ prefix: /users/ }} }} }}
+  - {{ name: flaky, upstream: b, match: {{ path: {{ prefix: /flaky }} }} }}
+"#,
+        s.server_yaml(),
+        a.addr,
+        b.addr
+    );
+    let gw = s.start(&yaml);
+    let c = client();
+    for i in 0..5 {
+        c.get(gw.url(&format!("/users/{i}/secret-path")))
+            .send()
+            .await
+            .unwrap();
+    }
+    c.post(gw.url("/users/x")).send().await.unwrap();
+    c.get(gw.url("/nothing-here")).send().await.unwrap();
+    b.stop().await;
+    c.get(gw.url("/flaky")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            r#"gateway_requests_total{method="GET",route="users",status="200"}"#
+        ),
+        Some(5.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"gateway_requests_total{method="POST",route="users",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"gateway_requests_total{method="GET",route="-",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"gateway_request_duration_seconds_count{route="users"}"#
+        ),
+        Some(6.0)
+    );
+    assert!(m.contains(r#"gateway_upstream_duration_seconds_count{upstream="a"} 6"#));
+    assert_eq!(
+        series(
+            &m,
+            &format!(
+                r#"gateway_upstream_target_healthy{{target="{}",upstream="a"}}"#,
+                a.addr
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            &format!(
+                r#"gateway_upstream_target_healthy{{target="{}",upstream="b"}}"#,
+                b.addr
+            )
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(&m, r#"gateway_circuit_breaker_state{upstream="b"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"gateway_circuit_breaker_transitions_total{to="open",upstream="b"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(series(&m, "gateway_config_generation"), Some(1.0));
+    assert!(series(&m, "gateway_config_last_reload_success_timestamp_seconds").unwrap() > 1.7e9);
+    assert!(
+        !m.contains("secret-path"),
+        "raw paths must never become labels"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_answers_and_refuses_a_wrong_token() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let s = Setup::new();
+    let server = s.server_yaml() + "  admin_token: s3cret-token\n";
+    let gw = s.start(&two_routes(&server, &a, &b, "a"));
+    let c = client();
+
+    let (status, _, body) = get_json(&c, &gw.admin_url("/healthz")).await;
+    assert_eq!((status, body["code"].as_u64()), (200, Some(200)));
+    let (status, _, body) = get_json(&c, &gw.admin_url("/readyz")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["generation"], 1);
+
+    for auth in [None, Some("Bearer wrong"), Some("s3cret-token")] {
+        let mut rb = c.get(gw.admin_url("/admin/config"));
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    }
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let authed = |url: String| c.get(url).header("authorization", "Bearer s3cret-token");
+    let body: serde_json::Value = authed(gw.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["data"]["config"]["server"]["admin_token"],
+        "<redacted>"
+    );
+    assert_eq!(body["data"]["config"]["routes"][0]["name"], "v");
+    assert_eq!(body["data"]["reload"]["generation"], 1);
+    assert!(!body.to_string().contains("s3cret-token"));
+
+    let body: serde_json::Value = authed(gw.admin_url("/admin/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let targets = &body["data"]["a"]["targets"];
+    assert_eq!(targets[0]["addr"], a.addr.to_string());
+    assert_eq!(targets[0]["healthy"], true);
+
+    let r = c
+        .post(gw.admin_url("/admin/reload"))
+        .header("authorization", "Bearer s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["message"], "unchanged");
+}
+
+/// Poll until `/v` is served by `want`; the time it took.
+async fn until_served_by(c: &reqwest::Client, url: &str, want: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = c.get(url).send().await.unwrap();
+        if r.headers()["x-upstream"] == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{want} never served {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_traffic_lose_nothing() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let s = Setup::new();
+    let server = s.server_yaml();
+    let mut gw = s.start(&two_routes(&server, &a, &b, "a"));
+
+    // Keep-alive clients that never retry, and a client that opens a new connection for
+    // every request, both running through all the reloads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(keepalive_load(gw.port, "/v/load", 16, stop.clone()));
+    let fresh_failures = Arc::new(AtomicU64::new(0));
+    let fresh_ok = Arc::new(AtomicU64::new(0));
+    let fresh = {
+        let (stop, failures, ok, url) = (
+            stop.clone(),
+            fresh_failures.clone(),
+            fresh_ok.clone(),
+            gw.url("/v/fresh"),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let c = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    let c = client();
+    let url = gw.url("/v/check");
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let to = if i % 2 == 0 { "b" } else { "a" };
+        let yaml = two_routes(&server, &a, &b, to);
+        // Alternate the three triggers: file change, SIGHUP, admin API.
+        match i % 3 {
+            0 => gw.write_config(&yaml),
+            1 => {
+                std::fs::write(gw.dir.path().join("gateway.yaml"), &yaml).unwrap();
+                gw.signal("HUP");
+            }
+            _ => {
+                std::fs::write(gw.dir.path().join("gateway.yaml"), &yaml).unwrap();
+                let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+        let took = until_served_by(&c, &url, to).await;
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a change took {slowest:?} to go live"
+    );
+
+    // A broken file is refused with its YAML path; traffic is unaffected.
+    gw.write_config(&format!(
+        "{server}upstreams:\n  a: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: v, upstream: nowhere }}\n",
+        a.addr
+    ));
+    let mut refused = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (_, _, body) = get_json(&c, &gw.admin_url("/admin/config")).await;
+        if !body["data"]["reload"]["last_error"].is_null() {
+            refused = body["data"]["reload"]["last_error"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused[0]["path"], "routes[0].upstream", "{refused}");
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-upstream"],
+        "a",
+        "the last good config still serves"
+    );
+    let m = metrics(&gw).await;
+    assert!(series(&m, r#"gateway_config_reloads_total{result="error"}"#).unwrap() >= 1.0);
+    assert_eq!(series(&m, "gateway_config_generation"), Some(21.0));
+
+    stop.store(true, Ordering::Relaxed);
+    let result = load.await.unwrap();
+    fresh.await.unwrap();
+    assert_eq!(result.failed, 0, "{result:?}");
+    assert_eq!(result.non_2xx, 0, "{result:?}");
+    assert!(result.ok > 100, "{result:?}");
+    assert_eq!(fresh_failures.load(Ordering::Relaxed), 0);
+    assert!(fresh_ok.load(Ordering::Relaxed) > 10);
+    assert!(
+        gw.wait_exit(Duration::from_millis(10)).is_none(),
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_breaker_state_of_unchanged_upstreams_and_reports_listener_changes() {
+    let a = Upstream::start("a").await;
+    a.set_status(500);
+    let s = Setup::new();
+    let server = s.server_yaml();
+    let yaml = |route: &str, open_secs: u32| {
+        format!(
+            "{server}upstreams:\n  a:\n    targets: [{{ addr: \"{}\" }}]\n    circuit_breaker: {{ consecutive_failures: 2, open_secs: {open_secs} }}\nroutes:\n  - {{ name: {route}, upstream: a }}\n",
+            a.addr
+        )
+    };
+    let gw = s.start(&yaml("r1", 60));
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(get_json(&c, &gw.url("/")).await.0, 500);
+    }
+    assert_eq!(get_json(&c, &gw.url("/")).await.0, 503, "breaker open");
+
+    // A route change keeps the upstream, and its open breaker.
+    std::fs::write(gw.dir.path().join("gateway.yaml"), yaml("r2", 60)).unwrap();
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["generation"], 2, "{body}");
+    let (status, _, body) = get_json(&c, &gw.url("/")).await;
+    assert_eq!(status, 503, "{body}");
+
+    // A changed upstream definition starts afresh.
+    std::fs::write(gw.dir.path().join("gateway.yaml"), yaml("r2", 59)).unwrap();
+    c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(
+        get_json(&c, &gw.url("/")).await.0,
+        500,
+        "new breaker, closed"
+    );
+
+    // Listener changes need an upgrade: applied otherwise, and reported.
+    let moved = yaml("r3", 59).replace(
+        &format!("127.0.0.1:{}\"]", gw.port),
+        &format!("127.0.0.1:{}\"]", tests::free_port()),
+    );
+    std::fs::write(gw.dir.path().join("gateway.yaml"), moved).unwrap();
+    let body: serde_json::Value = c
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["needs_upgrade"][0], "server.listen", "{body}");
+    assert_eq!(
+        get_json(&c, &gw.url("/")).await.0,
+        500,
+        "still listening where it was"
+    );
+}
+
+async fn upgrade_under_load(conns: usize) {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let yaml = format!(
+        "{}  grace_period_secs: 1\nupstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        s.server_yaml().replace("  grace_period_secs: 0\n", ""),
+        u.addr
+    );
+    let mut old = s.start(&yaml);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(keepalive_load(old.port, "/up", conns, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let mut new = tokio::task::block_in_place(|| old.spawn_upgrade());
+    old.signal("QUIT");
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
+    assert!(
+        exited.is_some(),
+        "the old process drains and exits: {}",
+        old.stderr()
+    );
+    // Traffic keeps flowing to the new process.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let result = load.await.unwrap();
+    assert_eq!(
+        result.failed,
+        0,
+        "{conns} connections: {result:?}\n{}",
+        new.stderr()
+    );
+    assert_eq!(result.non_2xx, 0, "{result:?}");
+    assert!(
+        result.reconnects >= conns as u64,
+        "every connection moved over: {result:?}"
+    );
+    assert!(
+        new.wait_exit(Duration::from_millis(10)).is_none(),
+        "new process serving"
+    );
+    let (status, _, _) = get_json(&client(), &new.url("/after")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_loses_nothing_at_200_keepalive_connections() {
+    upgrade_under_load(200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_loses_nothing_at_1000_keepalive_connections() {
+    upgrade_under_load(1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_continued_or_started() {
+    let u = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        u.addr
+    ));
+    let c = client();
+    let sent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    c.get(gw.url("/t"))
+        .header("traceparent", sent)
+        .send()
+        .await
+        .unwrap();
+    let got = u.last().unwrap().headers["traceparent"].clone();
+    assert_eq!(&got[..36], &sent[..36], "same trace id: {got}");
+    assert_ne!(&got[36..52], &sent[36..52], "a new parent id for this hop");
+    assert!(got.ends_with("-01"));
+
+    c.get(gw.url("/t"))
+        .header("traceparent", "garbage")
+        .send()
+        .await
+        .unwrap();
+    let got = u.last().unwrap().headers["traceparent"].clone();
+    assert_eq!(got.len(), 55, "{got}");
+    assert!(got.starts_with("00-") && !got.contains("garbage"));
+
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = gw.access_log();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines[0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(lines[1]["trace_id"], &got[3..35]);
+}
