@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run test check fmt bench bench-router deps deps-run deps-bench clean
+.PHONY: all build release run test check fmt bench bench-router upgrade deps deps-run deps-test deps-bench clean
 
 all: build
 
@@ -19,6 +19,10 @@ deps:
 # jq formats the README's curl examples.
 deps-run: deps
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
+
+# promtool checks the alert rules.
+deps-test: deps
+	@command -v promtool >/dev/null || { apt-get update -q && $(APT_INSTALL) prometheus; }
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk; }
@@ -36,8 +40,10 @@ run: build deps-run
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)
 
 # Unit tests, the end-to-end suite against the real binary, formatting and lints.
-test: build
+test: build deps-test
 	$(CARGO) test --workspace --no-fail-fast
+	promtool check rules conf/alerts.yml
+	promtool test rules conf/alerts.test.yml
 	$(MAKE) check
 
 check:
@@ -55,6 +61,10 @@ bench-router: deps
 bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
+
+# Graceful upgrade of the gateway running on $(CONF) to the binary just built.
+upgrade: release
+	scripts/upgrade.sh $(CONF)
 
 clean:
 	$(CARGO) clean

@@ -13,8 +13,9 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::ExecutionPhase;
 use pingora::server::Server;
-use pingora::services::background::GenBackgroundService;
+use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,32 +39,43 @@ struct Cli {
     /// Take the listening sockets over from a running gateway (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Print the config's pid_file and upgrade_sock as shell assignments, and exit.
+    #[arg(long = "print-paths")]
+    print_paths: bool,
 }
 
-/// Start draining as soon as Pingora begins a graceful upgrade or shutdown.
-fn watch_for_drain(server: &Server) {
-    use pingora::server::ExecutionPhase::*;
-    let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new()
-        .name("drain-watch".into())
-        .spawn(move || {
-            while let Ok(phase) = phases.blocking_recv() {
-                if matches!(
-                    phase,
-                    GracefulUpgradeTransferringFds | GracefulTerminate | ShutdownStarted
-                ) {
-                    start_draining();
-                }
+/// Starts draining as soon as Pingora begins a graceful upgrade or shutdown. A background
+/// service, so that it runs in the process that serves (after `-d` forks).
+struct DrainWatch {
+    phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DrainWatch {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let taken = self.phases.lock().ok().and_then(|mut p| p.take());
+        let Some(mut phases) = taken else { return };
+        loop {
+            match phases.recv().await {
+                Ok(
+                    ExecutionPhase::GracefulUpgradeTransferringFds
+                    | ExecutionPhase::GracefulTerminate
+                    | ExecutionPhase::ShutdownStarted,
+                ) => start_draining(),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot watch for shutdown: {e}");
+        }
     }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // A daemon runs from /, and a reload reads the file again later: hold on to the full path.
+    if let Ok(full) = std::fs::canonicalize(&cli.conf) {
+        cli.conf = full;
+    }
 
     let cfg = match config::load(&cli.conf) {
         Ok(c) => c,
@@ -87,6 +99,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.print_paths {
+        println!("pid_file={}", cfg.server.pid_file);
+        println!("upgrade_sock={}", cfg.server.upgrade_sock);
+        println!(
+            "drain_secs={}",
+            5 + cfg.server.grace_period_secs + cfg.server.graceful_shutdown_timeout_secs
+        );
+        return ExitCode::SUCCESS;
+    }
     if cli.test {
         println!(
             "{}: configuration ok ({} routes, {} upstreams)",
@@ -117,6 +138,9 @@ fn main() -> ExitCode {
         grace_period_seconds: Some(s.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        // Relative paths in the config (certificates, logs) keep meaning the directory the
+        // gateway was started in, also after -d.
+        working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -128,7 +152,12 @@ fn main() -> ExitCode {
     server.bootstrap();
 
     let handle = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
-    watch_for_drain(&server);
+    server.add_service(GenBackgroundService::new(
+        "drain watch".into(),
+        Arc::new(DrainWatch {
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+        }),
+    ));
     let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;

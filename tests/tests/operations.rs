@@ -477,3 +477,75 @@ async fn traceparent_is_continued_or_started() {
     assert_eq!(lines[0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(lines[1]["trace_id"], &got[3..35]);
 }
+
+/// Every `gateway_*` metric named in a text, without histogram suffixes.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("gateway_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        out.insert(base);
+        rest = &rest[i + name.len()..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_and_dashboard_use_metrics_the_gateway_exports() {
+    let a = Upstream::start("a").await;
+    let dead = tests::free_port();
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "127.0.0.1:{dead}" }}, {{ addr: "{}" }}]
+    failure_eject_ms: 0
+    health_check: {{ type: tcp, interval_ms: 100 }}
+    circuit_breaker: {{ consecutive_failures: 100 }}
+    retry: {{ attempts: 1, on: [connect_failure] }}
+  v:
+    targets: [{{ addr: "127.0.0.1:{dead}" }}]
+    circuit_breaker: {{ consecutive_failures: 1 }}
+routes:
+  - {{ name: r, upstream: u }}
+  - {{ name: v, upstream: v, match: {{ path: {{ prefix: /v }} }} }}
+"#,
+        a.addr
+    ));
+    let c = client();
+    for _ in 0..4 {
+        c.get(gw.url("/")).send().await.unwrap();
+    }
+    c.get(gw.url("/v")).send().await.unwrap();
+    c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    let scrape = metrics(&gw).await;
+    let exported: std::collections::BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let root = tests::workspace_root().join("conf");
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(used.len() >= 4, "{file}: {used:?}");
+        let missing: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics the gateway does not export: {missing:?}"
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 8);
+}

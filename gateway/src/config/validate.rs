@@ -26,8 +26,18 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     for (i, tls) in s.tls.iter().enumerate() {
         let p = format!("server.tls[{i}]");
         check_listen(&mut errs, &format!("{p}.listen"), &tls.listen);
-        check_readable(&mut errs, &format!("{p}.cert"), &tls.cert);
-        check_readable(&mut errs, &format!("{p}.key"), &tls.key);
+        check_pem(
+            &mut errs,
+            &format!("{p}.cert"),
+            &tls.cert,
+            PemKind::Certificate,
+        );
+        check_pem(
+            &mut errs,
+            &format!("{p}.key"),
+            &tls.key,
+            PemKind::PrivateKey,
+        );
     }
     if let Some(admin) = &s.admin {
         check_listen(&mut errs, "server.admin", admin);
@@ -190,9 +200,35 @@ fn check_listen(errs: &mut Vec<ConfigError>, path: &str, addr: &str) {
     }
 }
 
-fn check_readable(errs: &mut Vec<ConfigError>, path: &str, file: &str) {
-    if let Err(e) = std::fs::metadata(file) {
-        errs.push(ConfigError::new(path, format!("cannot read {file}: {e}")));
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// The file must hold what a TLS listener needs: a certificate chain, or a private key.
+fn check_pem(errs: &mut Vec<ConfigError>, path: &str, file: &str, kind: PemKind) {
+    let pem = match std::fs::read(file) {
+        Ok(p) => p,
+        Err(e) => {
+            errs.push(ConfigError::new(path, format!("cannot read {file}: {e}")));
+            return;
+        }
+    };
+    let ok = match kind {
+        PemKind::Certificate => rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .is_some_and(|c| c.is_ok()),
+        PemKind::PrivateKey => matches!(
+            rustls_pemfile::private_key(&mut pem.as_slice()),
+            Ok(Some(_))
+        ),
+    };
+    if !ok {
+        let what = match kind {
+            PemKind::Certificate => "no PEM certificate",
+            PemKind::PrivateKey => "no PEM private key",
+        };
+        errs.push(ConfigError::new(path, format!("{file}: {what} found")));
     }
 }
 
