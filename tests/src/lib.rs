@@ -181,8 +181,20 @@ impl Upstream {
 
 async fn bind_retrying(addr: SocketAddr) -> TcpListener {
     let deadline = Instant::now() + Duration::from_secs(5);
+    // A deep accept queue: a gateway that starts with an empty pool may open a thousand
+    // connections at once.
+    let bind = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.bind(addr)?;
+        sock.listen(4096)
+    };
     loop {
-        match TcpListener::bind(addr).await {
+        match bind(addr) {
             Ok(l) => return l,
             Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -521,8 +533,10 @@ pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> String {
 }
 
 /// Outcome of [`keepalive_load`].
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct LoadResult {
+    /// The head of the first response that was not 2xx, for diagnosis.
+    pub first_bad: Option<&'static str>,
     pub ok: u64,
     pub failed: u64,
     pub non_2xx: u64,
@@ -562,7 +576,7 @@ pub async fn keepalive_load(
                 }
                 let c = conn.as_mut().unwrap();
                 buf.clear();
-                let mut outcome: Option<(u16, bool)> = None;
+                let mut outcome: Option<(u16, bool, String)> = None;
                 if c.write_all(&req).await.is_ok() {
                     let mut chunk = [0u8; 4096];
                     loop {
@@ -577,7 +591,7 @@ pub async fn keepalive_load(
                                 let status =
                                     head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
                                 let close = head.contains("connection: close");
-                                outcome = Some((status, close));
+                                outcome = Some((status, close, head));
                                 break;
                             }
                         }
@@ -590,10 +604,13 @@ pub async fn keepalive_load(
                     }
                 }
                 match outcome {
-                    Some((status, close)) => {
+                    Some((status, close, head)) => {
                         r.ok += 1;
                         if !(200..300).contains(&status) {
                             r.non_2xx += 1;
+                            if r.first_bad.is_none() {
+                                r.first_bad = Some(Box::leak(head.into_boxed_str()));
+                            }
                         }
                         if close {
                             conn = None;
@@ -616,6 +633,7 @@ pub async fn keepalive_load(
         total.failed += r.failed;
         total.non_2xx += r.non_2xx;
         total.reconnects += r.reconnects;
+        total.first_bad = total.first_bad.or(r.first_bad);
     }
     total
 }
