@@ -22,6 +22,7 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntGauge,
+    pub mirror_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -30,7 +31,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 // Registration only fails on a duplicate name, which would be a bug caught by any test run.
 #[allow(clippy::expect_used)]
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     requests: register_int_counter_vec!(
         "gateway_requests_total",
         "Requests answered, by route, method and status",
@@ -91,11 +93,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Generation of the config serving requests; 1 at start, +1 per applied reload"
     )
     .expect("register gateway_config_generation"),
+    mirror_requests: register_int_counter_vec!(
+        "gateway_mirror_requests_total",
+        "Copies sent to a route's shadow upstream, by result (ok, error, timeout, dropped, too_large)",
+        &["route", "result"]
+    )
+    .expect("register gateway_mirror_requests_total"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"
     )
     .expect("register gateway_access_log_dropped_lines"),
+}
 });
 
 /// The method label: common methods by name, anything else as OTHER.

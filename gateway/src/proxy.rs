@@ -4,9 +4,10 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::metrics::{method_label, METRICS};
+use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime, RuntimeHandle};
-use crate::upstream::HashKey;
+use crate::upstream::{HashKey, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{
@@ -57,6 +58,7 @@ pub fn start_draining() {
 pub struct Gateway {
     runtime: RuntimeHandle,
     access_log: AccessLog,
+    mirrorer: Arc<Mirrorer>,
 }
 
 impl Gateway {
@@ -64,6 +66,7 @@ impl Gateway {
         Self {
             runtime,
             access_log,
+            mirrorer: Arc::new(Mirrorer::default()),
         }
     }
 }
@@ -73,6 +76,11 @@ pub struct Ctx {
     /// The config snapshot this request uses from start to end.
     rt: Arc<Runtime>,
     route: Option<usize>,
+    /// Which upstream of the route's split serves this request (0 without a split).
+    arm: usize,
+    /// The request body collected for the mirror, when this request is mirrored.
+    mirror_body: Option<Vec<u8>>,
+    mirror_body_done: bool,
     request_id: HeaderValue,
     start: Instant,
     target: Option<SocketAddr>,
@@ -104,6 +112,29 @@ pub struct Ctx {
 impl Ctx {
     fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.rt.routes[i])
+    }
+
+    /// The upstream serving this request: the route's, or its arm of a split.
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.route().map(|r| r.upstream(self.arm))
+    }
+}
+
+/// Run `f` on the bytes of a hash key (`header:NAME`, `ip`, `path`) of this request.
+fn with_key<R>(session: &Session, key: &HashKey, f: impl FnOnce(&[u8]) -> R) -> R {
+    match key {
+        HashKey::Header(name) => f(session
+            .req_header()
+            .headers
+            .get(name)
+            .map_or(b"", |v| v.as_bytes())),
+        HashKey::Path => f(session.req_header().uri.path().as_bytes()),
+        HashKey::Ip => {
+            let ip = client_ip(session)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            f(ip.as_bytes())
+        }
     }
 }
 
@@ -223,6 +254,11 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     Ok(())
 }
 
+fn request_has_body(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
 fn status_error(code: u16) -> GatewayError {
     match code {
         400 => GatewayError::new(400, "bad request"),
@@ -246,6 +282,9 @@ impl ProxyHttp for Gateway {
         Ctx {
             rt: self.runtime.load_full(),
             route: None,
+            arm: 0,
+            mirror_body: None,
+            mirror_body_done: false,
             request_id: HeaderValue::from_static(""),
             start: now,
             target: None,
@@ -327,7 +366,21 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         // Borrow the route through the `rt` field alone, so other fields stay writable.
-        let up = &ctx.rt.routes[idx].upstream;
+        let route = &ctx.rt.routes[idx];
+        if route.arms.len() > 1 {
+            ctx.arm = match &route.sticky {
+                Some(key) => with_key(session, key, |k| route.pick(Some(k))),
+                None => route.pick(None),
+            };
+        }
+        if route
+            .mirror
+            .as_ref()
+            .is_some_and(|m| fastrand::f64() < m.share)
+        {
+            ctx.mirror_body = Some(Vec::new());
+        }
+        let up = route.upstream(ctx.arm);
         ctx.deadline = ctx.start + up.deadline;
         if let Some(breaker) = &up.breaker {
             match breaker.try_acquire() {
@@ -349,13 +402,39 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
+    /// Collects the body of a mirrored request, up to the mirror's size limit.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(buf) = ctx.mirror_body.as_mut() {
+            if let Some(chunk) = body {
+                if buf.len() + chunk.len() > MAX_MIRROR_BODY {
+                    ctx.mirror_body = None;
+                    if let Some(route) = ctx.route() {
+                        mirror::count(&route.name, "too_large");
+                    }
+                    return Ok(());
+                }
+                buf.extend_from_slice(chunk);
+            }
+            if end_of_stream {
+                ctx.mirror_body_done = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Pick a healthy target of the route's upstream. On a retry: wait out the backoff,
     /// ask the breaker again, and prefer a target this request has not tried.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(idx) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let up = &ctx.rt.routes[idx].upstream;
+        let up = ctx.rt.routes[idx].upstream(ctx.arm);
         if ctx.tries > 0 {
             METRICS.retries.with_label_values(&[up.name.as_str()]).inc();
             if !ctx.backoff.is_zero() {
@@ -371,23 +450,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let ip_buf;
-        let key: &[u8] = match &up.hash_key {
-            None => b"",
-            Some(HashKey::Header(name)) => session
-                .req_header()
-                .headers
-                .get(name)
-                .map_or(b"", |v| v.as_bytes()),
-            Some(HashKey::Path) => session.req_header().uri.path().as_bytes(),
-            Some(HashKey::Ip) => {
-                ip_buf = client_ip(session)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
-                ip_buf.as_bytes()
-            }
+        let selected = match &up.hash_key {
+            None => up.select(b"", &ctx.tried),
+            Some(key) => with_key(session, key, |k| up.select(k, &ctx.tried)),
         };
-        let Some(backend) = up.select(key, &ctx.tried) else {
+        let Some(backend) = selected else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
         };
         let mut peer = up.peer(&backend);
@@ -512,10 +579,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
-        if let Some(route) = ctx.route() {
+        if let Some(up) = ctx.upstream() {
             METRICS
                 .upstream_duration
-                .with_label_values(&[route.upstream.name.as_str()])
+                .with_label_values(&[up.name.as_str()])
                 .observe(ctx.try_start.elapsed().as_secs_f64());
         }
         if status >= 500 && self.may_retry(session, ctx, Failure::Status(status)) {
@@ -642,6 +709,11 @@ impl ProxyHttp for Gateway {
             };
             self.end_attempt(ctx, success, !success);
         }
+        if let Some(body) = ctx.mirror_body.take() {
+            if ctx.mirror_body_done || !request_has_body(session.req_header()) {
+                self.send_mirror(session, ctx, body);
+            }
+        }
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route_label = ctx.route().map_or("-", |r| r.name.as_str());
@@ -672,7 +744,7 @@ impl ProxyHttp for Gateway {
             host,
             path: req.uri.path(),
             route: route.map(|r| r.name.as_str()),
-            upstream: route.map(|r| r.upstream.name.as_str()),
+            upstream: ctx.upstream().map(|u| u.name.as_str()),
             target: target.as_deref(),
             status,
             duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
@@ -683,14 +755,38 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Copy the request to the route's shadow upstream: origin-form target, `Host` with
+    /// `-shadow` appended (as Envoy does, so the shadow can tell copies apart), the whole
+    /// body with its length.
+    fn send_mirror(&self, session: &Session, ctx: &Ctx, body: Vec<u8>) {
+        let Some(route) = ctx.route() else { return };
+        let Some(mirror) = &route.mirror else { return };
+        let orig = session.req_header();
+        let Ok(mut req) =
+            RequestHeader::build(orig.method.clone(), path_and_query(orig).as_bytes(), None)
+        else {
+            return;
+        };
+        for (name, value) in orig.headers.iter() {
+            if name != HOST && name != TRANSFER_ENCODING && name != CONTENT_LENGTH {
+                let _ = req.append_header(name.clone(), value.clone());
+            }
+        }
+        let host = request_host(orig).ok().flatten().unwrap_or("");
+        let _ = req.insert_header(HOST, format!("{host}-shadow"));
+        let _ = req.insert_header(CONTENT_LENGTH, body.len());
+        let _ = req.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        self.mirrorer
+            .send(&route.name, mirror.upstream.clone(), req, body);
+    }
+
     /// Report the outcome of the current try to the breaker; a failure may also put the
     /// target aside for a moment (passive tracking).
     fn end_attempt(&self, ctx: &mut Ctx, success: bool, passive: bool) {
         if !std::mem::take(&mut ctx.attempt_open) {
             return;
         }
-        let Some(route) = ctx.route() else { return };
-        let up = &route.upstream;
+        let Some(up) = ctx.upstream() else { return };
         if let Some(b) = &up.breaker {
             b.record(success, ctx.probe);
         }
@@ -705,10 +801,9 @@ impl Gateway {
     /// the backoff. Retries stop at `attempts`, for non-idempotent methods unless allowed,
     /// once the client has seen a byte, when the breaker is open, and at the deadline.
     fn may_retry(&self, session: &Session, ctx: &mut Ctx, failure: Failure) -> bool {
-        let Some(route) = ctx.route() else {
+        let Some(up) = ctx.upstream() else {
             return false;
         };
-        let up = &route.upstream;
         let Some(policy) = &up.retry else {
             return false;
         };
@@ -731,6 +826,10 @@ impl Gateway {
         ctx.backoff = wait;
         true
     }
+}
+
+fn path_and_query(req: &RequestHeader) -> &str {
+    req.uri.path_and_query().map_or("/", |pq| pq.as_str())
 }
 
 fn breaker_open(upstream: &str, retry_after: Duration) -> GatewayError {

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::router::Router;
-use crate::upstream::Upstream;
+use crate::upstream::{HashKey, Upstream};
 use arc_swap::ArcSwap;
 use plugins::HeaderOps;
 use std::collections::HashMap;
@@ -16,10 +16,50 @@ pub type RuntimeHandle = Arc<ArcSwap<Runtime>>;
 
 pub struct Route {
     pub name: String,
-    pub upstream: Arc<Upstream>,
+    /// The upstreams serving the route with the end of each one's weight range; a route
+    /// with a plain `upstream` has one arm.
+    pub arms: Vec<(Arc<Upstream>, u32)>,
+    total_weight: u32,
+    /// With a split: what keeps one client on one side.
+    pub sticky: Option<HashKey>,
+    pub mirror: Option<Mirror>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+}
+
+pub struct Mirror {
+    pub upstream: Arc<Upstream>,
+    /// Share of requests copied, 0.0 to 1.0.
+    pub share: f64,
+}
+
+impl Route {
+    pub fn upstream(&self, arm: usize) -> &Arc<Upstream> {
+        &self.arms[arm].0
+    }
+
+    /// Choose the arm of a split: by the sticky key's hash when there is one, at random
+    /// (weighted) otherwise.
+    pub fn pick(&self, sticky: Option<&[u8]>) -> usize {
+        if self.arms.len() == 1 {
+            return 0;
+        }
+        let point = match sticky {
+            Some(key) => {
+                use std::hash::{Hash, Hasher};
+                // A fixed hasher: the same key picks the same side in every process.
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut h);
+                (h.finish() % u64::from(self.total_weight)) as u32
+            }
+            None => fastrand::u32(..self.total_weight),
+        };
+        self.arms
+            .iter()
+            .position(|(_, end)| point < *end)
+            .unwrap_or(0)
+    }
 }
 
 pub struct Runtime {
@@ -54,13 +94,45 @@ impl Runtime {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let upstream = upstreams.get(&r.upstream).cloned().ok_or_else(|| {
-                format!("routes[{i}].upstream: unknown upstream {:?}", r.upstream)
-            })?;
+            let find = |name: &str| {
+                upstreams
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("routes[{i}]: unknown upstream {name:?}"))
+            };
+            let mut arms = Vec::new();
+            let mut total_weight = 0u32;
+            match (&r.upstream, &r.split) {
+                (Some(u), _) => {
+                    total_weight = 1;
+                    arms.push((find(u)?, 1));
+                }
+                (None, Some(split)) => {
+                    for arm in split.iter().filter(|a| a.weight > 0) {
+                        total_weight += arm.weight;
+                        arms.push((find(&arm.upstream)?, total_weight));
+                    }
+                }
+                (None, None) => return Err(format!("routes[{i}]: no upstream")),
+            }
+            let sticky = match &r.sticky_key {
+                Some(k) => Some(HashKey::parse(k).map_err(|e| format!("routes[{i}]: {e}"))?),
+                None => None,
+            };
+            let mirror = match &r.mirror {
+                Some(m) => Some(Mirror {
+                    upstream: find(&m.upstream)?,
+                    share: m.percent / 100.0,
+                }),
+                None => None,
+            };
             let h = &r.headers;
             routes.push(Route {
                 name: r.name.clone(),
-                upstream,
+                arms,
+                total_weight,
+                sticky,
+                mirror,
                 strip_prefix: r.strip_prefix.clone(),
                 request_headers: HeaderOps::new(&h.request.set, &h.request.remove)
                     .map_err(|e| format!("routes[{i}].headers.request: {e}"))?,

@@ -435,12 +435,43 @@ pub struct RouteConfig {
     /// Higher wins; between equal priorities: exact path > regex > longest prefix.
     #[serde(default)]
     pub priority: i32,
-    pub upstream: String,
+    /// The upstream that serves the route ...
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// ... or a weighted split across several (canary, blue/green).
+    #[serde(default)]
+    pub split: Option<Vec<SplitArmConfig>>,
+    /// With `split`: `header:NAME`, `ip` or `path`; one key always lands on the same side.
+    #[serde(default)]
+    pub sticky_key: Option<String>,
+    /// Send a copy of a share of the requests to a shadow upstream.
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
     /// Removed from the front of the path before it goes upstream.
     #[serde(default)]
     pub strip_prefix: Option<String>,
     #[serde(default)]
     pub headers: HeaderRulesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArmConfig {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub upstream: String,
+    /// Share of the route's requests copied, 0 to 100 (default 100).
+    #[serde(default = "hundred")]
+    pub percent: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

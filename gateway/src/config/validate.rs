@@ -85,11 +85,47 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        if !config.upstreams.contains_key(&r.upstream) {
-            errs.push(ConfigError::new(
+        let known = |errs: &mut Vec<ConfigError>, path: String, name: &str| {
+            if !config.upstreams.contains_key(name) {
+                errs.push(ConfigError::new(path, format!("unknown upstream {name:?}")));
+            }
+        };
+        match (&r.upstream, &r.split) {
+            (Some(u), None) => known(&mut errs, format!("{p}.upstream"), u),
+            (None, Some(arms)) => {
+                if arms.is_empty() || arms.iter().all(|a| a.weight == 0) {
+                    errs.push(ConfigError::new(
+                        format!("{p}.split"),
+                        "needs at least one upstream with a weight above 0",
+                    ));
+                }
+                for (j, arm) in arms.iter().enumerate() {
+                    known(&mut errs, format!("{p}.split[{j}].upstream"), &arm.upstream);
+                }
+            }
+            _ => errs.push(ConfigError::new(
                 format!("{p}.upstream"),
-                format!("unknown upstream {:?}", r.upstream),
-            ));
+                "set exactly one of upstream, split",
+            )),
+        }
+        if let Some(k) = &r.sticky_key {
+            if r.split.is_none() {
+                errs.push(ConfigError::new(
+                    format!("{p}.sticky_key"),
+                    "only used with split",
+                ));
+            } else if let Err(e) = crate::upstream::HashKey::parse(k) {
+                errs.push(ConfigError::new(format!("{p}.sticky_key"), e));
+            }
+        }
+        if let Some(m) = &r.mirror {
+            known(&mut errs, format!("{p}.mirror.upstream"), &m.upstream);
+            if !(m.percent > 0.0 && m.percent <= 100.0) {
+                errs.push(ConfigError::new(
+                    format!("{p}.mirror.percent"),
+                    "must be above 0 and at most 100",
+                ));
+            }
         }
         let m = &r.matcher;
         for (j, h) in m.hosts.iter().enumerate() {
