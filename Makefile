@@ -20,9 +20,9 @@ deps:
 deps-run: deps
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
-# promtool checks the alert rules.
+# promtool checks the alert rules; dnsmasq is the DNS server of the discovery tests.
 deps-test: deps
-	@command -v promtool >/dev/null || { apt-get update -q && $(APT_INSTALL) prometheus; }
+	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null || { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base; }
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk; }

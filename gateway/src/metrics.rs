@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub access_log_dropped: IntGauge,
     pub mirror_requests: IntCounterVec,
+    pub discovery_refreshes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -99,6 +100,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route", "result"]
     )
     .expect("register gateway_mirror_requests_total"),
+    discovery_refreshes: register_int_counter_vec!(
+        "gateway_discovery_refreshes_total",
+        "DNS discovery lookups by upstream and result (ok, error: the last good targets stay)",
+        &["upstream", "result"]
+    )
+    .expect("register gateway_discovery_refreshes_total"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"

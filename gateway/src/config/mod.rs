@@ -175,7 +175,12 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Fixed targets ...
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// ... or targets found in DNS.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     #[serde(default)]
     pub lb: LbAlgorithm,
     /// For `consistent_hash`: `header:NAME`, `ip`, or `path`.
@@ -318,6 +323,35 @@ fn default_backoff_base() -> u64 {
 }
 fn default_backoff_max() -> u64 {
     250
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `NAME:PORT` for A/AAAA records, `NAME` for SRV records.
+    pub dns: String,
+    #[serde(default, rename = "type")]
+    pub kind: DnsRecordKind,
+    /// Ask again this often; targets that appear or vanish join or leave the pool.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// `IP:PORT` of the DNS server; default: the first nameserver of /etc/resolv.conf.
+    #[serde(default)]
+    pub resolver: Option<String>,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_refresh_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsRecordKind {
+    #[default]
+    A,
+    Srv,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -269,11 +269,27 @@ fn check_pem(errs: &mut Vec<ConfigError>, path: &str, file: &str, kind: PemKind)
 }
 
 fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
-    if up.targets.is_empty() {
-        errs.push(ConfigError::new(
+    match (&up.discovery, up.targets.is_empty()) {
+        (None, true) => errs.push(ConfigError::new(
             format!("{p}.targets"),
-            "needs at least one target",
-        ));
+            "needs at least one target (or discovery)",
+        )),
+        (Some(_), false) => errs.push(ConfigError::new(
+            format!("{p}.discovery"),
+            "set targets or discovery, not both",
+        )),
+        (Some(d), true) => {
+            if let Err(e) = crate::upstream::dns_discovery(d) {
+                errs.push(ConfigError::new(format!("{p}.discovery"), e));
+            }
+            if d.refresh_secs == 0 {
+                errs.push(ConfigError::new(
+                    format!("{p}.discovery.refresh_secs"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        (None, false) => {}
     }
     for (i, t) in up.targets.iter().enumerate() {
         if let Err(e) = resolve(&t.addr) {

@@ -1,4 +1,4 @@
-//! The background service that runs active health checks.
+//! The background service that runs active health checks and DNS discovery refreshes.
 //!
 //! It reads the current [`Runtime`] on every tick, so upstreams that a reload adds or
 //! removes are picked up without restarting anything. Each upstream is probed at its own
@@ -36,6 +36,10 @@ impl BackgroundService for HealthService {
             let now_ms = epoch.elapsed().as_millis() as u64;
             let rt = self.runtime.load();
             for up in rt.upstreams.values() {
+                if up.refresh_due(now_ms) {
+                    let up = up.clone();
+                    tokio::spawn(async move { up.refresh().await });
+                }
                 if up.probe_due(now_ms) {
                     let up = up.clone();
                     tokio::spawn(async move { up.probe().await });

@@ -6,13 +6,17 @@
 //! Ketama. Active health checks are pingora's TCP and HTTP checks, run by
 //! [`health::HealthService`] at each upstream's own interval.
 
+pub mod dns;
 pub mod health;
 
 use crate::config::RetryOn;
+use crate::config::{DiscoveryConfig, DnsRecordKind};
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
 use crate::metrics::METRICS;
+use arc_swap::ArcSwap;
+use dns::{DnsDiscovery, Kind};
 use http::HeaderName;
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{consistent::KetamaHashing, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -85,7 +89,12 @@ pub struct Upstream {
     pub deadline: Duration,
     clock: Arc<MonotonicClock>,
     failure_eject_ms: u64,
-    ejected_until: HashMap<SocketAddr, AtomicU64>,
+    ejected_until: ArcSwap<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    /// The targets the balancer draws from; DNS discovery replaces them.
+    target_set: Arc<ArcSwap<BTreeSet<Backend>>>,
+    dns: Option<DnsDiscovery>,
+    next_refresh_ms: AtomicU64,
+    refreshing: AtomicBool,
     /// Interval of the active health check, if one is configured.
     pub health_interval: Option<Duration>,
     /// Milliseconds since the process epoch when the next probe round is due.
@@ -100,22 +109,33 @@ impl Upstream {
         let mut set = BTreeSet::new();
         for t in &cfg.targets {
             for addr in crate::config::resolve(&t.addr)? {
-                set.insert(Backend {
-                    addr: PingoraAddr::Inet(addr),
-                    weight: t.weight,
-                    ext: Default::default(),
-                });
+                set.insert(backend(addr, t.weight));
+            }
+        }
+        let dns = match &cfg.discovery {
+            Some(d) => Some(dns_discovery(d)?),
+            None => None,
+        };
+        if let Some(dns) = &dns {
+            // The first lookup happens now; if it fails the pool starts empty (503) and
+            // the refresh keeps trying.
+            match dns.resolve() {
+                Ok(found) => {
+                    set = found
+                        .into_iter()
+                        .map(|f| backend(f.addr, f.weight))
+                        .collect()
+                }
+                Err(e) => log::warn!("upstream {name}: discovery: {e}; retrying every refresh"),
             }
         }
         let ca = match &cfg.ca_file {
             Some(f) => Some(load_ca(f)?),
             None => None,
         };
-        let ejected_until: HashMap<SocketAddr, AtomicU64> = set
-            .iter()
-            .filter_map(|b: &Backend| b.addr.as_inet().map(|a| (*a, AtomicU64::new(0))))
-            .collect();
-        let mut backends = Backends::new(Static::new(set));
+        let ejected_until = ArcSwap::from_pointee(ejection_slots(&set, None));
+        let target_set = Arc::new(ArcSwap::from_pointee(set));
+        let mut backends = Backends::new(Box::new(SharedTargets(target_set.clone())));
         if let Some(hc) = &cfg.health_check {
             let timeout = Duration::from_millis(hc.timeout_ms);
             match hc.kind {
@@ -231,6 +251,10 @@ impl Upstream {
             clock,
             failure_eject_ms: cfg.failure_eject_ms,
             ejected_until,
+            target_set,
+            dns,
+            next_refresh_ms: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
             name: name.to_string(),
             balancer,
             hash_key,
@@ -280,10 +304,12 @@ impl Upstream {
     }
 
     fn ejected(&self, b: &Backend, now_ms: u64) -> bool {
-        b.addr
-            .as_inet()
-            .and_then(|a| self.ejected_until.get(a))
-            .is_some_and(|until| until.load(Ordering::Relaxed) > now_ms)
+        b.addr.as_inet().is_some_and(|a| {
+            self.ejected_until
+                .load()
+                .get(a)
+                .is_some_and(|until| until.load(Ordering::Relaxed) > now_ms)
+        })
     }
 
     /// Passive tracking: a target that just failed is passed over for `failure_eject_ms`.
@@ -291,7 +317,7 @@ impl Upstream {
         if self.failure_eject_ms == 0 {
             return;
         }
-        if let Some(until) = self.ejected_until.get(addr) {
+        if let Some(until) = self.ejected_until.load().get(addr) {
             until.store(
                 self.clock.now_ms() + self.failure_eject_ms,
                 Ordering::Relaxed,
@@ -357,10 +383,147 @@ impl Upstream {
         true
     }
 
+    /// Whether a DNS refresh is due; marks it started.
+    pub fn refresh_due(&self, now_ms: u64) -> bool {
+        if self.dns.is_none() {
+            return false;
+        }
+        if now_ms < self.next_refresh_ms.load(Ordering::Relaxed)
+            || self.refreshing.swap(true, Ordering::AcqRel)
+        {
+            return false;
+        }
+        let every = self.cfg.discovery.as_ref().map_or(10, |d| d.refresh_secs) * 1000;
+        self.next_refresh_ms
+            .store(now_ms + every, Ordering::Relaxed);
+        true
+    }
+
+    /// Look the name up again; targets that appeared join, those that vanished leave,
+    /// those that stayed keep their health. A failed lookup keeps the last good set.
+    pub async fn refresh(&self) {
+        let Some(dns) = self.dns.clone() else { return };
+        let result = tokio::task::spawn_blocking(move || dns.resolve())
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let label = match result {
+            Ok(found) => {
+                let set: BTreeSet<Backend> = found
+                    .into_iter()
+                    .map(|f| backend(f.addr, f.weight))
+                    .collect();
+                if set != **self.target_set.load() {
+                    let list: Vec<String> = set.iter().map(|b| b.addr.to_string()).collect();
+                    log::info!("upstream {}: discovery: targets now {list:?}", self.name);
+                    self.ejected_until.store(Arc::new(ejection_slots(
+                        &set,
+                        Some(&self.ejected_until.load()),
+                    )));
+                    self.target_set.store(Arc::new(set));
+                    let updated = match &self.balancer {
+                        Balancer::RoundRobin(lb) => lb.update().await,
+                        Balancer::Random(lb) => lb.update().await,
+                        Balancer::Hash(lb) => lb.update().await,
+                    };
+                    if let Err(e) = updated {
+                        log::error!(
+                            "upstream {}: cannot apply discovered targets: {e}",
+                            self.name
+                        );
+                    }
+                }
+                "ok"
+            }
+            Err(e) => {
+                log::warn!(
+                    "upstream {}: discovery failed, keeping the last good targets: {e}",
+                    self.name
+                );
+                "error"
+            }
+        };
+        METRICS
+            .discovery_refreshes
+            .with_label_values(&[self.name.as_str(), label])
+            .inc();
+        self.refreshing.store(false, Ordering::Release);
+    }
+
     pub async fn probe(&self) {
         self.backends().run_health_check(true).await;
         self.probing.store(false, Ordering::Release);
     }
+}
+
+fn backend(addr: SocketAddr, weight: usize) -> Backend {
+    Backend {
+        addr: PingoraAddr::Inet(addr),
+        weight,
+        ext: Default::default(),
+    }
+}
+
+/// A passive-tracking slot per target, keeping the slots of targets that stay.
+fn ejection_slots(
+    set: &BTreeSet<Backend>,
+    old: Option<&HashMap<SocketAddr, Arc<AtomicU64>>>,
+) -> HashMap<SocketAddr, Arc<AtomicU64>> {
+    set.iter()
+        .filter_map(|b| b.addr.as_inet())
+        .map(|a| {
+            let slot = old
+                .and_then(|o| o.get(a).cloned())
+                .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
+            (*a, slot)
+        })
+        .collect()
+}
+
+/// The balancer's view of a target set that discovery can replace.
+struct SharedTargets(Arc<ArcSwap<BTreeSet<Backend>>>);
+
+#[async_trait::async_trait]
+impl ServiceDiscovery for SharedTargets {
+    async fn discover(
+        &self,
+    ) -> pingora::Result<(BTreeSet<Backend>, std::collections::HashMap<u64, bool>)> {
+        Ok(((**self.0.load()).clone(), std::collections::HashMap::new()))
+    }
+}
+
+/// Compile a `discovery` block.
+pub fn dns_discovery(d: &DiscoveryConfig) -> Result<DnsDiscovery, String> {
+    let kind = match d.kind {
+        DnsRecordKind::A => {
+            let (_, port) = d
+                .dns
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{:?}: type a needs NAME:PORT", d.dns))?;
+            Kind::Address {
+                port: port.parse().map_err(|_| format!("{:?}: bad port", d.dns))?,
+            }
+        }
+        DnsRecordKind::Srv => Kind::Srv,
+    };
+    let name = match kind {
+        Kind::Address { .. } => d.dns.rsplit_once(':').map_or("", |(n, _)| n),
+        Kind::Srv => d.dns.as_str(),
+    };
+    if name.is_empty() || name.contains(':') {
+        return Err(format!("{:?} is not a DNS name", d.dns));
+    }
+    let resolver = match &d.resolver {
+        Some(r) => r
+            .parse()
+            .map_err(|_| format!("resolver {r:?} is not IP:PORT"))?,
+        None => dns::system_resolver().ok_or("no resolver set and none in /etc/resolv.conf")?,
+    };
+    Ok(DnsDiscovery {
+        name: name.to_string(),
+        kind,
+        resolver,
+        timeout: Duration::from_millis(d.timeout_ms.max(1)),
+    })
 }
 
 /// Read a PEM file of CA certificates for verifying upstream targets.
