@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod fanout;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

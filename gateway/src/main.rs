@@ -4,6 +4,7 @@ use clap::Parser;
 use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
 use gateway::config;
+use gateway::fanout::FanoutApp;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::reload::{ReloadService, Reloader};
 use gateway::runtime::Runtime;
@@ -39,6 +40,9 @@ struct Cli {
     /// Take the listening sockets over from a running gateway (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Serve only the fan-out (aggregation) service of the config, to scale it on its own.
+    #[arg(long = "fanout-only")]
+    fanout_only: bool,
     /// Print the config's pid_file and upgrade_sock as shell assignments, and exit.
     #[arg(long = "print-paths")]
     print_paths: bool,
@@ -168,6 +172,17 @@ fn main() -> ExitCode {
     .name("gateway proxy")
     .server_options(opts)
     .build();
+    if let Some(addr) = &s.fanout.listen {
+        let mut fanout = Service::new(
+            "fanout".to_string(),
+            HttpServer::new_app(FanoutApp::new(handle.clone())),
+        );
+        fanout.add_tcp(addr);
+        server.add_service(fanout);
+    } else if cli.fanout_only {
+        eprintln!("--fanout-only needs server.fanout.listen");
+        return ExitCode::from(1);
+    }
     for addr in &s.listen {
         proxy.add_tcp(addr);
     }
@@ -184,7 +199,9 @@ fn main() -> ExitCode {
         }
         proxy.add_tls_with_settings(&t.listen, None, tls);
     }
-    server.add_service(proxy);
+    if !cli.fanout_only {
+        server.add_service(proxy);
+    }
     if let Some(addr) = &s.admin {
         let app = AdminApp {
             runtime: handle.clone(),

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub access_log_dropped: IntGauge,
     pub mirror_requests: IntCounterVec,
     pub discovery_refreshes: IntCounterVec,
+    pub aggregate_backends: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -106,6 +107,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["upstream", "result"]
     )
     .expect("register gateway_discovery_refreshes_total"),
+    aggregate_backends: register_int_counter_vec!(
+        "gateway_aggregate_backend_calls_total",
+        "Fan-out backend calls by aggregate, backend and result (ok, error, timeout)",
+        &["aggregate", "backend", "result"]
+    )
+    .expect("register gateway_aggregate_backend_calls_total"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"

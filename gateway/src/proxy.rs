@@ -3,6 +3,7 @@
 //! Pingora's `Session` to them and is the only place that writes gateway responses.
 
 use crate::access_log::{AccessLog, Entry};
+use crate::fanout::{X_AGGREGATE, X_ROUTE};
 use crate::metrics::{method_label, METRICS};
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::router::RequestView;
@@ -551,6 +552,13 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?;
         }
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        // Only the proxy names the aggregate and route to the fan-out service.
+        upstream_request.remove_header(&X_AGGREGATE);
+        upstream_request.remove_header(&X_ROUTE);
+        if let Some(agg) = &route.aggregate {
+            upstream_request.insert_header(X_AGGREGATE.clone(), agg.clone())?;
+            upstream_request.insert_header(X_ROUTE.clone(), route.name.as_str())?;
+        }
         // The gateway is one hop of the trace: same trace id, a new parent id.
         let mut tp = [0u8; 55];
         tp[..3].copy_from_slice(b"00-");

@@ -3,13 +3,18 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
+use crate::fanout::Aggregate;
 use crate::router::Router;
 use crate::upstream::{HashKey, Upstream};
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The name of the built-in upstream that reaches the fan-out service.
+pub const FANOUT_UPSTREAM: &str = "fanout";
 
 /// The shared, swappable pointer to the current Runtime.
 pub type RuntimeHandle = Arc<ArcSwap<Runtime>>;
@@ -23,6 +28,10 @@ pub struct Route {
     /// With a split: what keeps one client on one side.
     pub sticky: Option<HashKey>,
     pub mirror: Option<Mirror>,
+    /// With `aggregate`: the aggregate's name, sent to the fan-out service.
+    pub aggregate: Option<HeaderValue>,
+    /// The route's path regex, for `{path.NAME}` in aggregate templates.
+    pub path_regex: Option<regex::Regex>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -66,6 +75,7 @@ pub struct Runtime {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub aggregates: HashMap<String, Arc<Aggregate>>,
     pub generation: u64,
 }
 
@@ -92,6 +102,41 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), up);
         }
+        // Aggregate routes are proxied to the fan-out service, reached as one more upstream.
+        if let Some(addr) = config.server.fanout.target.as_ref().or(config
+            .server
+            .fanout
+            .listen
+            .as_ref())
+        {
+            let longest = config
+                .aggregates
+                .values()
+                .map(|a| a.timeout_ms)
+                .max()
+                .unwrap_or(0);
+            let cfg: UpstreamConfig = serde_yaml::from_str(&format!(
+                "targets: [{{ addr: \"{addr}\" }}]\ntimeouts: {{ read_ms: {} }}\nfailure_eject_ms: 0",
+                longest + 1000
+            ))
+            .map_err(|e| format!("server.fanout: {e}"))?;
+            let kept = previous
+                .and_then(|p| p.upstreams.get(FANOUT_UPSTREAM))
+                .filter(|up| up.cfg == cfg)
+                .cloned();
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(Upstream::new(FANOUT_UPSTREAM, &cfg)?),
+            };
+            upstreams.insert(FANOUT_UPSTREAM.to_string(), up);
+        }
+        let mut aggregates = HashMap::new();
+        for (name, cfg) in &config.aggregates {
+            aggregates.insert(
+                name.clone(),
+                Arc::new(Aggregate::new(name, cfg, &upstreams)?),
+            );
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
             let find = |name: &str| {
@@ -106,6 +151,10 @@ impl Runtime {
                 (Some(u), _) => {
                     total_weight = 1;
                     arms.push((find(u)?, 1));
+                }
+                (None, None) if r.aggregate.is_some() => {
+                    total_weight = 1;
+                    arms.push((find(FANOUT_UPSTREAM)?, 1));
                 }
                 (None, Some(split)) => {
                     for arm in split.iter().filter(|a| a.weight > 0) {
@@ -133,6 +182,19 @@ impl Runtime {
                 total_weight,
                 sticky,
                 mirror,
+                aggregate: match &r.aggregate {
+                    Some(a) => Some(
+                        HeaderValue::from_str(a)
+                            .map_err(|_| format!("routes[{i}].aggregate: bad name"))?,
+                    ),
+                    None => None,
+                },
+                path_regex: match r.matcher.path.as_ref().and_then(|p| p.regex.as_ref()) {
+                    Some(re) => {
+                        Some(regex::Regex::new(re).map_err(|e| format!("routes[{i}]: {e}"))?)
+                    }
+                    None => None,
+                },
                 strip_prefix: r.strip_prefix.clone(),
                 request_headers: HeaderOps::new(&h.request.set, &h.request.remove)
                     .map_err(|e| format!("routes[{i}].headers.request: {e}"))?,
@@ -144,6 +206,7 @@ impl Runtime {
             router: Router::new(&config.routes)?,
             routes,
             upstreams,
+            aggregates,
             generation,
         })
     }

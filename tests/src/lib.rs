@@ -40,6 +40,10 @@ struct State {
     status: AtomicU64,
     unhealthy: AtomicBool,
     seen: Mutex<Vec<Seen>>,
+    inflight: AtomicUsize,
+    max_inflight: AtomicUsize,
+    /// Answer this raw body instead of the JSON description, when set.
+    body: Mutex<Option<Vec<u8>>>,
 }
 
 /// An HTTP/1.1 + h2c upstream that answers JSON describing the request it got:
@@ -171,6 +175,14 @@ impl Upstream {
     pub fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::SeqCst);
     }
+    /// The most requests this upstream had in progress at once.
+    pub fn max_inflight(&self) -> usize {
+        self.state.max_inflight.load(Ordering::SeqCst)
+    }
+    /// Answer every request with this body (and the usual status) from now on.
+    pub fn set_body(&self, body: &[u8]) {
+        *self.state.body.lock().unwrap() = Some(body.to_vec());
+    }
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -238,6 +250,19 @@ async fn handle(
         at: Instant::now(),
     };
     st.seen.lock().unwrap().push(seen);
+    let now = st.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_inflight.fetch_max(now, Ordering::SeqCst);
+    let answer = answer(&st, &parts, &body, headers).await;
+    st.inflight.fetch_sub(1, Ordering::SeqCst);
+    Ok(answer)
+}
+
+async fn answer(
+    st: &State,
+    parts: &http::request::Parts,
+    body: &[u8],
+    headers: BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
     // `?status=NNN` and `?delay_ms=N` let a demo or a test ask for a failure per request.
     let query_num = |key: &str| -> Option<u64> {
         parts.uri.query()?.split('&').find_map(|kv| {
@@ -258,15 +283,19 @@ async fn handle(
         "method": parts.method.as_str(),
         "uri": parts.uri.to_string(),
         "headers": headers,
-        "body": String::from_utf8_lossy(&body),
+        "body": String::from_utf8_lossy(body),
     });
-    Ok(Response::builder()
+    let payload = match st.body.lock().unwrap().clone() {
+        Some(raw) => raw,
+        None => json.to_string().into_bytes(),
+    };
+    Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("x-upstream", st.name.as_str())
         .header("server", "test-upstream")
-        .body(Full::new(Bytes::from(json.to_string())))
-        .unwrap())
+        .body(Full::new(Bytes::from(payload)))
+        .unwrap()
 }
 
 /// A port that was free a moment ago.
@@ -343,9 +372,15 @@ impl Setup {
 
     /// Write `yaml` and start the gateway on it; returns once the listener accepts.
     pub fn start(self, yaml: &str) -> Gateway {
+        let port = self.port;
+        self.start_with(yaml, &[], port)
+    }
+
+    /// Start with extra flags; returns once `ready_port` accepts.
+    pub fn start_with(self, yaml: &str, args: &[&str], ready_port: u16) -> Gateway {
         std::fs::write(self.path("gateway.yaml"), yaml).unwrap();
-        let mut gw = Gateway::spawn(&self.dir, self.port, self.admin_port, &[], "");
-        gw.wait_ready(self.port);
+        let mut gw = Gateway::spawn(&self.dir, self.port, self.admin_port, args, "");
+        gw.wait_ready(ready_port);
         gw
     }
 }

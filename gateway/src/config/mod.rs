@@ -68,6 +68,74 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub aggregates: BTreeMap<String, AggregateConfig>,
+}
+
+/// A fan-out: several backends called in parallel, their JSON merged into one answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Deadline of the whole fan-out.
+    #[serde(default = "default_aggregate_timeout")]
+    pub timeout_ms: u64,
+    /// Backend calls in flight at once, per request.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// How long a backend's last good answer may stand in with `fallback: cache`.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// Request headers passed on to every backend (besides X-Request-Id and traceparent).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    pub backends: Vec<AggregateBackendConfig>,
+}
+
+fn default_aggregate_timeout() -> u64 {
+    1000
+}
+fn default_max_concurrency() -> usize {
+    16
+}
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateBackendConfig {
+    /// The key of this backend's answer in `data`.
+    pub key: String,
+    pub upstream: String,
+    /// Path and query, with `{query.NAME}`, `{path.NAME}` (a named group of the route's
+    /// regex) and `{header.NAME}` filled from the request.
+    pub path: String,
+    /// A failed required backend fails the whole answer (502, or 504 on a timeout).
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// `cache`: when this optional backend fails, serve its last good answer.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    Cache,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// Listener of the fan-out service in this process; needed when `aggregates` are set.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Where the proxy sends aggregate routes, `IP:PORT`; default: `listen`. Point it at
+    /// fan-out instances run apart with `gateway --fanout-only`.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -95,6 +163,9 @@ pub struct ServerConfig {
     /// `stdout`, `off`, or a file path; one JSON object a line.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// The aggregation (fan-out) service.
+    #[serde(default)]
+    pub fanout: FanoutConfig,
     /// Admin listener: /metrics, /healthz, /readyz, /admin/*. Absent: no admin listener.
     #[serde(default)]
     pub admin: Option<String>,
@@ -123,6 +194,7 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             access_log: default_access_log(),
+            fanout: FanoutConfig::default(),
             admin: None,
             admin_token: None,
             admin_token_env: None,
@@ -478,6 +550,9 @@ pub struct RouteConfig {
     /// With `split`: `header:NAME`, `ip` or `path`; one key always lands on the same side.
     #[serde(default)]
     pub sticky_key: Option<String>,
+    /// ... or an aggregate (fan-out) that answers the route.
+    #[serde(default)]
+    pub aggregate: Option<String>,
     /// Send a copy of a share of the requests to a shadow upstream.
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,

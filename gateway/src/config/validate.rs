@@ -72,6 +72,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
 
     for (name, up) in &config.upstreams {
         check_upstream(&mut errs, &format!("upstreams.{name}"), up);
+        if name == crate::runtime::FANOUT_UPSTREAM {
+            errs.push(ConfigError::new(
+                format!("upstreams.{name}"),
+                "the name is reserved for the fan-out service",
+            ));
+        }
     }
 
     let mut names = HashSet::new();
@@ -90,9 +96,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 errs.push(ConfigError::new(path, format!("unknown upstream {name:?}")));
             }
         };
-        match (&r.upstream, &r.split) {
-            (Some(u), None) => known(&mut errs, format!("{p}.upstream"), u),
-            (None, Some(arms)) => {
+        match (&r.upstream, &r.split, &r.aggregate) {
+            (Some(u), None, None) => known(&mut errs, format!("{p}.upstream"), u),
+            (None, None, Some(a)) => {
+                if !config.aggregates.contains_key(a) {
+                    errs.push(ConfigError::new(
+                        format!("{p}.aggregate"),
+                        format!("unknown aggregate {a:?}"),
+                    ));
+                }
+                if r.mirror.is_some() {
+                    errs.push(ConfigError::new(
+                        format!("{p}.mirror"),
+                        "not used with aggregate",
+                    ));
+                }
+            }
+            (None, Some(arms), None) => {
                 if arms.is_empty() || arms.iter().all(|a| a.weight == 0) {
                     errs.push(ConfigError::new(
                         format!("{p}.split"),
@@ -105,7 +125,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             }
             _ => errs.push(ConfigError::new(
                 format!("{p}.upstream"),
-                "set exactly one of upstream, split",
+                "set exactly one of upstream, split, aggregate",
             )),
         }
         if let Some(k) = &r.sticky_key {
@@ -206,6 +226,78 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             &format!("{p}.headers.response"),
             &r.headers.response,
         );
+    }
+
+    if !config.aggregates.is_empty() && s.fanout.listen.is_none() && s.fanout.target.is_none() {
+        errs.push(ConfigError::new(
+            "server.fanout.listen",
+            "aggregates need the fan-out service: set server.fanout.listen",
+        ));
+    }
+    for (field, addr) in [("listen", &s.fanout.listen), ("target", &s.fanout.target)] {
+        if let Some(a) = addr {
+            check_listen(&mut errs, &format!("server.fanout.{field}"), a);
+        }
+    }
+    for (name, agg) in &config.aggregates {
+        let ap = format!("aggregates.{name}");
+        if agg.backends.is_empty() {
+            errs.push(ConfigError::new(
+                format!("{ap}.backends"),
+                "needs at least one backend",
+            ));
+        }
+        if agg.max_concurrency == 0 {
+            errs.push(ConfigError::new(
+                format!("{ap}.max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        if agg.timeout_ms == 0 {
+            errs.push(ConfigError::new(
+                format!("{ap}.timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        for (i, h) in agg.forward_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(ConfigError::new(
+                    format!("{ap}.forward_headers[{i}]"),
+                    "invalid header name",
+                ));
+            }
+        }
+        let mut keys = HashSet::new();
+        for (i, b) in agg.backends.iter().enumerate() {
+            let bp = format!("{ap}.backends[{i}]");
+            if b.key.is_empty() || !keys.insert(b.key.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("{bp}.key"),
+                    "must be unique and not empty",
+                ));
+            }
+            if !config.upstreams.contains_key(&b.upstream) {
+                errs.push(ConfigError::new(
+                    format!("{bp}.upstream"),
+                    format!("unknown upstream {:?}", b.upstream),
+                ));
+            }
+            if let Err(e) = crate::fanout::Template::parse(&b.path) {
+                errs.push(ConfigError::new(format!("{bp}.path"), e));
+            }
+            if b.required && b.fallback.is_some() {
+                errs.push(ConfigError::new(
+                    format!("{bp}.fallback"),
+                    "a required backend has no fallback; make it optional",
+                ));
+            }
+            if b.timeout_ms == Some(0) {
+                errs.push(ConfigError::new(
+                    format!("{bp}.timeout_ms"),
+                    "must be greater than 0",
+                ));
+            }
+        }
     }
 
     if errs.is_empty() {

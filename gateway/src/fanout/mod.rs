@@ -1,0 +1,375 @@
+//! The fan-out (aggregation) service: its own Pingora service on its own listener.
+//!
+//! A route with `aggregate: NAME` is proxied like any other route (so the edge policies,
+//! metrics and logs apply) to this service, naming the aggregate and the route in headers
+//! the proxy sets itself. The service calls the aggregate's backends concurrently (at most
+//! `max_concurrency` at once) through the same upstream pools and breakers as proxied
+//! routes, each within its own timeout and the aggregate's deadline, and merges their JSON
+//! into one envelope: `data` holds one key per backend, `failed` lists the backends that
+//! failed. A failed required backend fails the whole answer (502, 504 on a timeout); a
+//! failed optional one yields `null`, or with `fallback: cache` its last good answer.
+
+mod template;
+
+pub use template::Template;
+
+use crate::config::{AggregateConfig, Fallback};
+use crate::metrics::METRICS;
+use crate::runtime::RuntimeHandle;
+use crate::upstream::Upstream;
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::upstreams::peer::Peer;
+use plugins::breaker::Admission;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Set by the proxy on requests it sends to the fan-out service.
+pub static X_AGGREGATE: HeaderName = HeaderName::from_static("x-gateway-aggregate");
+pub static X_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+static X_AGGREGATE_FAILED: HeaderName = HeaderName::from_static("x-aggregate-failed");
+
+/// A backend answer larger than this is a failure of that backend.
+pub const MAX_BACKEND_BODY: usize = 1024 * 1024;
+/// Fallback entries kept at most; past it, expired entries go first, then new ones wait.
+const MAX_CACHE_ENTRIES: usize = 10_000;
+
+pub struct AggregateBackend {
+    pub key: String,
+    pub upstream: Arc<Upstream>,
+    pub path: Template,
+    pub required: bool,
+    pub timeout: Option<Duration>,
+    pub cache: bool,
+}
+
+/// An aggregate compiled against the upstream pools of one Runtime.
+pub struct Aggregate {
+    pub name: String,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub cache_ttl: Duration,
+    pub forward_headers: Vec<HeaderName>,
+    pub backends: Vec<AggregateBackend>,
+}
+
+impl Aggregate {
+    pub fn new(
+        name: &str,
+        cfg: &AggregateConfig,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+    ) -> Result<Aggregate, String> {
+        let mut backends = Vec::new();
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let upstream = upstreams.get(&b.upstream).cloned().ok_or_else(|| {
+                format!(
+                    "aggregates.{name}.backends[{i}]: unknown upstream {:?}",
+                    b.upstream
+                )
+            })?;
+            backends.push(AggregateBackend {
+                key: b.key.clone(),
+                upstream,
+                path: Template::parse(&b.path)
+                    .map_err(|e| format!("aggregates.{name}.backends[{i}].path: {e}"))?,
+                required: b.required,
+                timeout: b.timeout_ms.map(Duration::from_millis),
+                cache: b.fallback == Some(Fallback::Cache),
+            });
+        }
+        let mut forward_headers = Vec::new();
+        for h in &cfg.forward_headers {
+            forward_headers.push(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("aggregates.{name}: invalid header {h:?}"))?,
+            );
+        }
+        Ok(Aggregate {
+            name: name.to_string(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            max_concurrency: cfg.max_concurrency.max(1),
+            cache_ttl: Duration::from_secs(cfg.cache_ttl_secs),
+            forward_headers,
+            backends,
+        })
+    }
+}
+
+/// How one backend call ended.
+enum Outcome {
+    Ok(Value),
+    Failed(String),
+    TimedOut,
+}
+
+/// Last good answers for `fallback: cache`, by aggregate, backend and rendered path.
+#[derive(Default)]
+struct FallbackCache {
+    entries: Mutex<HashMap<String, (Instant, Value)>>,
+}
+
+impl FallbackCache {
+    fn put(&self, key: String, value: Value) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHE_ENTRIES && !map.contains_key(&key) {
+            // TTLs differ per aggregate; an hour bounds every sensible one.
+            let now = Instant::now();
+            map.retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(3600));
+            if map.len() >= MAX_CACHE_ENTRIES {
+                return;
+            }
+        }
+        map.insert(key, (Instant::now(), value));
+    }
+
+    fn get(&self, key: &str, ttl: Duration) -> Option<Value> {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+pub struct FanoutApp {
+    runtime: RuntimeHandle,
+    connector: Connector,
+    cache: FallbackCache,
+}
+
+impl FanoutApp {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self {
+            runtime,
+            connector: Connector::new(None),
+            cache: FallbackCache::default(),
+        }
+    }
+
+    /// One GET to a target of the backend's upstream, through its breaker.
+    async fn call(
+        &self,
+        b: &AggregateBackend,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Outcome {
+        let up = &b.upstream;
+        let probe = match up.breaker.as_ref().map(|br| br.try_acquire()) {
+            Some(Admission::Rejected { .. }) => {
+                return Outcome::Failed("circuit breaker open".into())
+            }
+            Some(Admission::Allowed { probe }) => probe,
+            None => false,
+        };
+        let Some(target) = up.select(b"", &[]) else {
+            return Outcome::Failed("no healthy target".into());
+        };
+        let peer = up.peer(&target);
+        let result = self.fetch(&peer, path, headers).await;
+        if let Some(br) = &up.breaker {
+            br.record(result.is_ok(), probe);
+        }
+        match result {
+            Ok(v) => Outcome::Ok(v),
+            Err((e, connection_failed)) => {
+                if connection_failed {
+                    if let Some(a) = target.addr.as_inet() {
+                        up.mark_failed(a);
+                    }
+                }
+                Outcome::Failed(e)
+            }
+        }
+    }
+
+    /// The error says whether the connection itself failed (for passive tracking).
+    async fn fetch(
+        &self,
+        peer: &pingora::upstreams::peer::HttpPeer,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Value, (String, bool)> {
+        let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1))
+            .map_err(|e| (format!("bad request path {path:?}: {e}"), false))?;
+        let host = peer.address().to_string();
+        req.insert_header(http::header::HOST, host.as_str())
+            .map_err(|e| (e.to_string(), false))?;
+        for (name, value) in headers {
+            let _ = req.insert_header(name.clone(), value.clone());
+        }
+        let (mut session, _) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| (format!("connect: {e}"), true))?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| (format!("send: {e}"), true))?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| (format!("send: {e}"), true))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| (format!("read: {e}"), true))?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        let mut body = Vec::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| (format!("read: {e}"), true))?
+        {
+            if body.len() + chunk.len() > MAX_BACKEND_BODY {
+                return Err((
+                    format!("answer larger than {MAX_BACKEND_BODY} bytes"),
+                    false,
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.connector
+            .release_http_session(session, peer, peer.idle_timeout())
+            .await;
+        if !(200..300).contains(&status) {
+            return Err((format!("status {status}"), false));
+        }
+        serde_json::from_slice(&body).map_err(|e| (format!("answer is not JSON: {e}"), false))
+    }
+
+    async fn aggregate(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let rt = self.runtime.load_full();
+        let req = session.req_header();
+        let name = req
+            .headers
+            .get(&X_AGGREGATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(agg) = rt.aggregates.get(name) else {
+            return envelope(404, "no such aggregate", json!({"aggregate": name}), &[]);
+        };
+        let route = req
+            .headers
+            .get(&X_ROUTE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| rt.routes.iter().find(|x| x.name == r));
+        let vars = template::Vars::new(req, route.and_then(|r| r.path_regex.as_ref()));
+        let mut forward: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        for name in [
+            &crate::proxy::X_REQUEST_ID,
+            &HeaderName::from_static("traceparent"),
+        ]
+        .into_iter()
+        .chain(agg.forward_headers.iter())
+        {
+            if let Some(v) = req.headers.get(name) {
+                forward.push((name.clone(), v.clone()));
+            }
+        }
+
+        let deadline = Instant::now() + agg.timeout;
+        let slots = Semaphore::new(agg.max_concurrency);
+        let calls = agg.backends.iter().map(|b| {
+            let (slots, forward, vars) = (&slots, &forward, &vars);
+            async move {
+                let path = match b.path.render(vars) {
+                    Ok(p) => p,
+                    Err(e) => return (Outcome::Failed(e), String::new()),
+                };
+                let Ok(_slot) = slots.acquire().await else {
+                    return (Outcome::Failed("closed".into()), path);
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let budget = b.timeout.map_or(left, |t| t.min(left));
+                let outcome = match tokio::time::timeout(budget, self.call(b, &path, forward)).await
+                {
+                    Ok(o) => o,
+                    Err(_) => Outcome::TimedOut,
+                };
+                (outcome, path)
+            }
+        });
+        let outcomes = futures::future::join_all(calls).await;
+
+        let mut data = Map::new();
+        let mut failed: Vec<&str> = Vec::new();
+        let mut required_failure: Option<(u16, &str, String)> = None;
+        for (b, (outcome, path)) in agg.backends.iter().zip(outcomes) {
+            let cache_key = format!("{}\u{0}{}\u{0}{path}", agg.name, b.key);
+            let (result, value, error) = match outcome {
+                Outcome::Ok(v) => {
+                    if b.cache {
+                        self.cache.put(cache_key.clone(), v.clone());
+                    }
+                    ("ok", v, None)
+                }
+                Outcome::Failed(e) => ("error", Value::Null, Some((502, e))),
+                Outcome::TimedOut => ("timeout", Value::Null, Some((504, "timed out".to_string()))),
+            };
+            METRICS
+                .aggregate_backends
+                .with_label_values(&[agg.name.as_str(), b.key.as_str(), result])
+                .inc();
+            match error {
+                None => {
+                    data.insert(b.key.clone(), value);
+                }
+                Some((status, e)) => {
+                    failed.push(&b.key);
+                    if b.required && required_failure.is_none() {
+                        required_failure = Some((status, &b.key, e));
+                    }
+                    let stale = if b.cache {
+                        self.cache.get(&cache_key, agg.cache_ttl)
+                    } else {
+                        None
+                    };
+                    data.insert(b.key.clone(), stale.unwrap_or(Value::Null));
+                }
+            }
+        }
+        if let Some((status, key, error)) = required_failure {
+            let message = if status == 504 {
+                "required backend timed out"
+            } else {
+                "required backend failed"
+            };
+            return envelope(
+                status,
+                message,
+                json!({"backend": key, "error": error}),
+                &failed,
+            );
+        }
+        envelope(200, "ok", Value::Object(data), &failed)
+    }
+}
+
+fn envelope(status: u16, message: &str, data: Value, failed: &[&str]) -> Response<Vec<u8>> {
+    let body =
+        json!({"code": status, "message": message, "data": data, "failed": failed}).to_string();
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len());
+    if !failed.is_empty() {
+        r = r.header(&X_AGGREGATE_FAILED, failed.join(", "));
+    }
+    r.body(body.into_bytes()).unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for FanoutApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // A request body is not used; read it so the connection stays in step.
+        while let Ok(Some(_)) = session.read_request_body().await {}
+        self.aggregate(session).await
+    }
+}

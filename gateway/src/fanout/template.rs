@@ -1,0 +1,192 @@
+//! Backend path templates: `/users/{path.id}/orders?limit={query.limit}&u={header.x-user}`.
+//! Values are percent-encoded, so a request cannot smuggle `/`, `?` or `&` into a path.
+
+use pingora::http::RequestHeader;
+use regex::Regex;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Query(String),
+    Path(String),
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template(Vec<Part>);
+
+/// The values a template can draw on, taken from one request.
+pub struct Vars {
+    query: HashMap<String, String>,
+    path: HashMap<String, String>,
+    headers: HashMap<String, String>,
+}
+
+impl Vars {
+    pub fn new(req: &RequestHeader, route_regex: Option<&Regex>) -> Vars {
+        let mut query = HashMap::new();
+        for pair in req.uri.query().unwrap_or("").split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                query.entry(decode(k)).or_insert_with(|| decode(v));
+            } else if !pair.is_empty() {
+                query.entry(decode(pair)).or_insert_with(String::new);
+            }
+        }
+        let mut path = HashMap::new();
+        if let Some(re) = route_regex {
+            if let Some(caps) = re.captures(req.uri.path()) {
+                for name in re.capture_names().flatten() {
+                    if let Some(m) = caps.name(name) {
+                        path.insert(name.to_string(), m.as_str().to_string());
+                    }
+                }
+            }
+        }
+        let headers = req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        Vars {
+            query,
+            path,
+            headers,
+        }
+    }
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        if !s.starts_with('/') {
+            return Err("must start with /".into());
+        }
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed {{ in {s:?}"))?
+                + open;
+            let var = &rest[open + 1..close];
+            let part = match var.split_once('.') {
+                Some(("query", n)) if !n.is_empty() => Part::Query(n.to_string()),
+                Some(("path", n)) if !n.is_empty() => Part::Path(n.to_string()),
+                Some(("header", n)) if !n.is_empty() => Part::Header(n.to_ascii_lowercase()),
+                _ => {
+                    return Err(format!(
+                        "{{{var}}} is not {{query.NAME}}, {{path.NAME}} or {{header.NAME}}"
+                    ))
+                }
+            };
+            parts.push(part);
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("stray }} in {s:?}"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Template(parts))
+    }
+
+    /// The path for one request; a variable the request lacks is an error.
+    pub fn render(&self, vars: &Vars) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            let (map, name, what) = match part {
+                Part::Text(t) => {
+                    out.push_str(t);
+                    continue;
+                }
+                Part::Query(n) => (&vars.query, n, "query parameter"),
+                Part::Path(n) => (&vars.path, n, "path parameter"),
+                Part::Header(n) => (&vars.headers, n, "header"),
+            };
+            let value = map
+                .get(name)
+                .ok_or_else(|| format!("the request has no {what} {name:?}"))?;
+            encode_into(&mut out, value);
+        }
+        Ok(out)
+    }
+}
+
+fn encode_into(out: &mut String, value: &str) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+fn decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| Some(hex(b[i + 1])? * 16 + hex(b[i + 2])?))
+            .flatten();
+        match (escaped, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, c) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn renders_query_path_and_header_values_encoded() {
+        let t = Template::parse("/users/{path.id}/orders?q={query.q}&u={header.X-User}").unwrap();
+        let re = Regex::new("^/home/(?P<id>[^/]+)$").unwrap();
+        let r = req("/home/4%202?q=a%2Fb&x=1", &[("x-user", "al ice")]);
+        let vars = Vars::new(&r, Some(&re));
+        assert_eq!(
+            t.render(&vars).unwrap(),
+            "/users/4%25202/orders?q=a%2Fb&u=al%20ice"
+        );
+        let missing = Template::parse("/p/{query.nope}").unwrap();
+        assert!(missing
+            .render(&vars)
+            .unwrap_err()
+            .contains("query parameter \"nope\""));
+    }
+
+    #[test]
+    fn bad_templates() {
+        assert!(Template::parse("users").is_err());
+        assert!(Template::parse("/a/{query.x").is_err());
+        assert!(Template::parse("/a/{claims.x}").is_err());
+        assert!(Template::parse("/a/}").is_err());
+    }
+}
