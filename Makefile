@@ -61,6 +61,7 @@ bench-router: deps
 bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
+	python3 load-tests/bench_aggregate.py
 
 # Graceful upgrade of the gateway running on $(CONF) to the binary just built.
 upgrade: release

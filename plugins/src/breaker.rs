@@ -92,6 +92,25 @@ impl Clock for MonotonicClock {
     }
 }
 
+/// A clock that moves only when told to: for tests and simulations.
+#[derive(Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Called on every state change with (from, to).
 pub type TransitionHook = Box<dyn Fn(State, State) + Send + Sync>;
 
@@ -251,18 +270,7 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct TestClock(AtomicU64);
-    impl Clock for TestClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-    impl TestClock {
-        fn advance(&self, ms: u64) {
-            self.0.fetch_add(ms, Ordering::SeqCst);
-        }
-    }
+    type TestClock = ManualClock;
 
     fn breaker(cfg: BreakerConfig) -> (Breaker, Arc<TestClock>) {
         let clock = Arc::new(TestClock::default());

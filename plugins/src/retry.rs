@@ -99,15 +99,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    #[derive(Default)]
-    struct TestClock(AtomicU64);
-    impl Clock for TestClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
+    use crate::breaker::ManualClock as TestClock;
 
     fn policy() -> (RetryPolicy, Arc<TestClock>) {
         let clock = Arc::new(TestClock::default());
@@ -148,7 +140,7 @@ mod tests {
         let spent = (0..200).filter(|_| p.try_spend()).count();
         assert_eq!(spent, 40, "20% of 200");
         // Quiet traffic still gets the minimum.
-        clock.0.store(60_000, Ordering::SeqCst);
+        clock.set(60_000);
         p.record_request();
         let spent = (0..50).filter(|_| p.try_spend()).count();
         assert_eq!(spent as u64, BUDGET_MIN_RETRIES);

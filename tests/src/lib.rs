@@ -506,6 +506,31 @@ impl Gateway {
         s
     }
 
+    /// Wait (up to 2.5 s) until the access log holds at least `n` lines; all of them.
+    pub async fn access_log_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        for _ in 0..50 {
+            lines = self.access_log();
+            if lines.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lines
+    }
+
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// The access log lines written so far, parsed.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
@@ -547,6 +572,43 @@ pub async fn get_json(
     let body = r.bytes().await.unwrap_or_default();
     let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (status, headers, v)
+}
+
+/// Send `n` GETs over `conns` keep-alive clients (optionally with one header) and count
+/// the answers by the upstream that gave them (`x-upstream`). Every answer must be 200.
+pub async fn count_by_upstream(
+    url: &str,
+    n: usize,
+    conns: usize,
+    header: Option<(&'static str, String)>,
+) -> std::collections::HashMap<String, usize> {
+    use std::collections::HashMap;
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let (url, header) = (url.to_string(), header.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for _ in (w..n).step_by(conns) {
+                let mut rb = c.get(&url);
+                if let Some((k, v)) = &header {
+                    rb = rb.header(*k, v);
+                }
+                let r = rb.send().await.expect("request");
+                assert_eq!(r.status(), 200);
+                let who = r.headers()["x-upstream"].to_str().unwrap().to_string();
+                *counts.entry(who).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut total = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.expect("client task") {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
 }
 
 /// Send raw bytes on a new connection and read until the peer closes or `wait` passes.

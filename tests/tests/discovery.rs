@@ -130,14 +130,7 @@ routes:
         who_answers(&url, 10).await,
         HashMap::from([("two".to_string(), 10)])
     );
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.lines().any(|l| l
             .starts_with(r#"gateway_discovery_refreshes_total{result="error",upstream="api"}"#)),

@@ -23,17 +23,6 @@ routes:
     )
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of one series, by its exact label set as Prometheus prints it.
 fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
@@ -75,7 +64,7 @@ routes:
     c.get(gw.url("/flaky")).send().await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert_eq!(
         series(
             &m,
@@ -312,7 +301,7 @@ async fn twenty_reloads_under_traffic_lose_nothing() {
         "a",
         "the last good config still serves"
     );
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(series(&m, r#"gateway_config_reloads_total{result="error"}"#).unwrap() >= 1.0);
     assert_eq!(series(&m, "gateway_config_generation"), Some(21.0));
 
@@ -471,14 +460,7 @@ async fn traceparent_is_continued_or_started() {
     assert_eq!(got.len(), 55, "{got}");
     assert!(got.starts_with("00-") && !got.contains("garbage"));
 
-    let mut lines = Vec::new();
-    for _ in 0..50 {
-        lines = gw.access_log();
-        if lines.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lines = gw.access_log_lines(2).await;
     assert_eq!(lines[0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(lines[1]["trace_id"], &got[3..35]);
 }
@@ -530,7 +512,7 @@ routes:
     }
     c.get(gw.url("/v")).send().await.unwrap();
     c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
-    let scrape = metrics(&gw).await;
+    let scrape = gw.metrics().await;
     let exported: std::collections::BTreeSet<String> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -2,41 +2,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tests::{client, free_port, Gateway, Upstream};
-
-async fn count_by_upstream(
-    url: &str,
-    n: usize,
-    conns: usize,
-    header: Option<(&'static str, String)>,
-) -> HashMap<String, usize> {
-    let mut tasks = Vec::new();
-    for w in 0..conns {
-        let (url, header) = (url.to_string(), header.clone());
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            for _ in (w..n).step_by(conns) {
-                let mut rb = c.get(&url);
-                if let Some((k, v)) = &header {
-                    rb = rb.header(*k, v);
-                }
-                let r = rb.send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let who = r.headers()["x-upstream"].to_str().unwrap().to_string();
-                *counts.entry(who).or_default() += 1;
-            }
-            counts
-        }));
-    }
-    let mut total = HashMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    total
-}
+use tests::{client, count_by_upstream, free_port, Gateway, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_percent_canary_gets_ten_percent_and_sticky_keys_stay_put() {
@@ -146,14 +112,7 @@ routes:
         assert_eq!(c.get(gw.url("/broken")).send().await.unwrap().status(), 200);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains(r#"gateway_mirror_requests_total{result="ok",route="all"} 5"#),
         "{m}"

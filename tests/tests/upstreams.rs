@@ -2,43 +2,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tests::{assert_envelope, client, get_json, Gateway, Upstream};
-
-/// Send `n` GETs over `conns` keep-alive clients; count answers by `x-upstream`.
-async fn spread(
-    url: &str,
-    n: usize,
-    conns: usize,
-    header: Option<(&'static str, String)>,
-) -> HashMap<String, usize> {
-    let mut tasks = Vec::new();
-    for w in 0..conns {
-        let url = url.to_string();
-        let header = header.clone();
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            for _ in (w..n).step_by(conns) {
-                let mut rb = c.get(&url);
-                if let Some((k, v)) = &header {
-                    rb = rb.header(*k, v);
-                }
-                let r = rb.send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let who = r.headers()["x-upstream"].to_str().unwrap().to_string();
-                *counts.entry(who).or_default() += 1;
-            }
-            counts
-        }));
-    }
-    let mut total: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    total
-}
+use tests::{assert_envelope, client, count_by_upstream, get_json, Gateway, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_splits_3_to_1() {
@@ -53,7 +17,7 @@ routes:
 "#,
         a.addr, b.addr
     ));
-    let counts = spread(&gw.url("/"), 10_000, 8, None).await;
+    let counts = count_by_upstream(&gw.url("/"), 10_000, 8, None).await;
     let share_a = counts["a"] as f64 / 10_000.0;
     assert!(
         (0.73..=0.77).contains(&share_a),
@@ -82,7 +46,7 @@ routes:
     ));
     let mut used = HashMap::new();
     for user in 0..30 {
-        let counts = spread(
+        let counts = count_by_upstream(
             &gw.url("/"),
             20,
             2,
@@ -106,7 +70,7 @@ async fn random_uses_every_target() {
         "upstreams:\n  u:\n    targets: [{{ addr: \"{}\" }}, {{ addr: \"{}\" }}]\n    lb: random\nroutes:\n  - {{ name: r, upstream: u }}\n",
         a.addr, b.addr
     ));
-    let counts = spread(&gw.url("/"), 400, 4, None).await;
+    let counts = count_by_upstream(&gw.url("/"), 400, 4, None).await;
     assert!(counts["a"] > 100 && counts["b"] > 100, "{counts:?}");
 }
 
@@ -149,7 +113,7 @@ routes:
     ));
     let url = gw.url("/");
     // Both serve at first.
-    let counts = spread(&url, 20, 1, None).await;
+    let counts = count_by_upstream(&url, 20, 1, None).await;
     assert_eq!(counts.len(), 2, "{counts:?}");
 
     // Out within unhealthy x interval (400 ms), with a wide margin for a busy machine.
@@ -159,14 +123,14 @@ routes:
         took >= Duration::from_millis(150),
         "ejected before any failed probe: {took:?}"
     );
-    let counts = spread(&url, 40, 2, None).await;
+    let counts = count_by_upstream(&url, 40, 2, None).await;
     assert_eq!(counts.get("b"), None, "{counts:?}");
 
     // Back after `healthy` good probes.
     b.set_healthy(true);
     let t = Instant::now();
     loop {
-        let counts = spread(&url, 10, 1, None).await;
+        let counts = count_by_upstream(&url, 10, 1, None).await;
         if counts.contains_key("b") {
             break;
         }
@@ -195,7 +159,7 @@ routes:
 
     b.restart().await;
     let t = Instant::now();
-    while !spread(&url, 10, 1, None).await.contains_key("b") {
+    while !count_by_upstream(&url, 10, 1, None).await.contains_key("b") {
         assert!(t.elapsed() < Duration::from_secs(3), "b did not come back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
