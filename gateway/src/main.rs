@@ -76,8 +76,10 @@ impl BackgroundService for DrainWatch {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut cli = Cli::parse();
-    // A daemon runs from /, and a reload reads the file again later: hold on to the full path.
-    if let Ok(full) = std::fs::canonicalize(&cli.conf) {
+    // A daemon runs from /, and a reload reads the file again later: hold on to the full
+    // path, without resolving symlinks, so a swapped link (as Kubernetes mounts a
+    // ConfigMap) is followed to its new target.
+    if let Ok(full) = std::path::absolute(&cli.conf) {
         cli.conf = full;
     }
 

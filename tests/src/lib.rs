@@ -376,6 +376,13 @@ impl Setup {
         self.start_with(yaml, &[], port)
     }
 
+    /// Start on the `gateway.yaml` the caller placed in the directory (a file or a link).
+    pub fn start_prepared(self) -> Gateway {
+        let mut gw = Gateway::spawn(&self.dir, self.port, self.admin_port, &[], "");
+        gw.wait_ready(self.port);
+        gw
+    }
+
     /// Start with extra flags; returns once `ready_port` accepts.
     pub fn start_with(self, yaml: &str, args: &[&str], ready_port: u16) -> Gateway {
         std::fs::write(self.path("gateway.yaml"), yaml).unwrap();

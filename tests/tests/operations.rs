@@ -321,6 +321,35 @@ async fn twenty_reloads_under_traffic_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_style_symlink_swap_reloads() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let s = Setup::new();
+    let server = s.server_yaml();
+    let dir = s.dir.path().to_path_buf();
+    // gateway.yaml -> ..data/gateway.yaml, ..data -> v1: the layout of a mounted ConfigMap.
+    for (version, to) in [("v1", "a"), ("v2", "b")] {
+        std::fs::create_dir(dir.join(version)).unwrap();
+        std::fs::write(
+            dir.join(version).join("gateway.yaml"),
+            two_routes(&server, &a, &b, to),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gateway.yaml", dir.join("gateway.yaml")).unwrap();
+    let gw = s.start_prepared();
+    let c = client();
+    let url = gw.url("/v/x");
+    until_served_by(&c, &url, "a").await;
+    // Swap the link atomically, as the kubelet does.
+    std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let took = until_served_by(&c, &url, "b").await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_breaker_state_of_unchanged_upstreams_and_reports_listener_changes() {
     let a = Upstream::start("a").await;
     a.set_status(500);

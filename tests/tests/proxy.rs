@@ -209,6 +209,25 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let u = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        "{}routes:\n  - {{ name: r, upstream: u }}\n",
+        upstream_yaml(&[("u", &u)])
+    ));
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(u.requests(), 30);
+    assert!(
+        u.accepted() <= 2,
+        "{} upstream connections for 30 requests",
+        u.accepted()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_pass_through_untouched() {
     let u = Upstream::start("u").await;
     u.set_status(503);
