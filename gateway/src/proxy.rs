@@ -14,15 +14,18 @@ use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
 };
-use http::Version;
+use http::header::{ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD};
+use http::{Method, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use plugins::breaker::{Admission, State as BreakerState};
+use plugins::cors::{Preflight, ORIGIN};
 use plugins::retry::Failure;
 use plugins::{GatewayError, HeaderTarget};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,6 +82,10 @@ pub struct Ctx {
     route: Option<usize>,
     /// Which upstream of the route's split serves this request (0 without a split).
     arm: usize,
+    /// The client's address (behind trusted proxies: from X-Forwarded-For).
+    client_ip: Option<IpAddr>,
+    /// The request's Origin, when the route's CORS policy allows it.
+    cors_origin: Option<HeaderValue>,
     /// The request body collected for the mirror, when this request is mirrored.
     mirror_body: Option<Vec<u8>>,
     mirror_body_done: bool,
@@ -234,7 +241,7 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     resp.insert_header(CONTENT_TYPE, JSON.clone())?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-    for (name, value) in err.headers {
+    for (name, value) in err.headers.into_iter().chain(cors_headers(ctx)) {
         resp.insert_header(name, value)?;
     }
     // A body the client already started sending would otherwise be read as the next
@@ -252,6 +259,36 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
+    Ok(())
+}
+
+fn forbidden(reason: &'static str) -> GatewayError {
+    GatewayError::new(403, "forbidden").with_data(serde_json::json!({ "reason": reason }))
+}
+
+/// CORS headers for an answer to an allowed origin.
+fn cors_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
+    match (ctx.route().and_then(|r| r.cors.as_ref()), &ctx.cors_origin) {
+        (Some(cors), Some(origin)) => cors.response_headers(origin.to_str().unwrap_or("")),
+        _ => Vec::new(),
+    }
+}
+
+/// 204 to an allowed CORS preflight, answered by the gateway.
+async fn answer_preflight(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+    for (name, value) in headers {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    if request_has_body(session.req_header()) {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), true).await?;
     Ok(())
 }
 
@@ -284,6 +321,8 @@ impl ProxyHttp for Gateway {
             rt: self.runtime.load_full(),
             route: None,
             arm: 0,
+            client_ip: None,
+            cors_origin: None,
             mirror_body: None,
             mirror_body_done: false,
             request_id: HeaderValue::from_static(""),
@@ -355,10 +394,28 @@ impl ProxyHttp for Gateway {
         } else {
             host
         };
+        ctx.client_ip = client_ip(session).map(|peer| {
+            let xff = req
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            plugins::ipfilter::client_ip(peer, xff, &ctx.rt.trusted_proxies)
+        });
+        if let (Some(filter), Some(ip)) = (&ctx.rt.ip_filter, ctx.client_ip) {
+            if let Err(reason) = filter.check(ip) {
+                respond(session, ctx, forbidden(reason)).await?;
+                return Ok(true);
+            }
+        }
+        // A CORS preflight is routed as the request it announces.
+        let preflight = (req.method == Method::OPTIONS && req.headers.contains_key(&ORIGIN))
+            .then(|| req.headers.get(ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
         let view = RequestView {
             host,
             path: req.uri.path(),
-            method: &req.method,
+            method: preflight.as_ref().unwrap_or(&req.method),
             headers: &req.headers,
         };
         ctx.route = ctx.rt.router.find(&view);
@@ -367,6 +424,38 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         // Borrow the route through the `rt` field alone, so other fields stay writable.
+        let route = &ctx.rt.routes[idx];
+        if let (Some(filter), Some(ip)) = (&route.ip_filter, ctx.client_ip) {
+            if let Err(reason) = filter.check(ip) {
+                respond(session, ctx, forbidden(reason)).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(cors) = &route.cors {
+            let origin = session.req_header().headers.get(&ORIGIN).cloned();
+            if let Some(origin) = origin {
+                let o = origin.to_str().unwrap_or("");
+                if let Some(method) = &preflight {
+                    let asked = session
+                        .req_header()
+                        .headers
+                        .get(ACCESS_CONTROL_REQUEST_HEADERS)
+                        .and_then(|v| v.to_str().ok());
+                    match cors.preflight(o, method.as_str(), asked) {
+                        Preflight::Allowed(headers) => {
+                            answer_preflight(session, ctx, headers).await?;
+                        }
+                        Preflight::Refused(reason) => {
+                            respond(session, ctx, forbidden(reason)).await?;
+                        }
+                    }
+                    return Ok(true);
+                }
+                if cors.origin_allowed(o) {
+                    ctx.cors_origin = Some(origin);
+                }
+            }
+        }
         let route = &ctx.rt.routes[idx];
         if route.arms.len() > 1 {
             ctx.arm = match &route.sticky {
@@ -616,6 +705,9 @@ impl ProxyHttp for Gateway {
                 .response_headers
                 .apply(&mut RespHeaders(upstream_response));
         }
+        for (name, value) in cors_headers(ctx) {
+            upstream_response.insert_header(name, value)?;
+        }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         Ok(())
     }
@@ -737,7 +829,9 @@ impl ProxyHttp for Gateway {
         if !self.access_log.enabled() {
             return;
         }
-        let client = client_ip(session)
+        let client = ctx
+            .client_ip
+            .or_else(|| client_ip(session))
             .map(|ip| ip.to_string())
             .unwrap_or_default();
         let host = request_host(req).ok().flatten().unwrap_or("");

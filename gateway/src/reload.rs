@@ -136,7 +136,19 @@ impl Reloader {
             st.tried_hash = text_hash(&text);
             let cfg = config::parse(&text)?;
             config::validate(&cfg)?;
-            if cfg == st.config {
+            // Deny files live outside the YAML: with one, a reload always rebuilds.
+            let reads_files = cfg
+                .server
+                .ip_filter
+                .as_ref()
+                .is_some_and(|f| f.deny_file.is_some())
+                || cfg.routes.iter().any(|r| {
+                    r.plugins
+                        .ip_filter
+                        .as_ref()
+                        .is_some_and(|f| f.deny_file.is_some())
+                });
+            if cfg == st.config && !reads_files {
                 return Ok((None, Vec::new()));
             }
             let prev = self.handle.load_full();

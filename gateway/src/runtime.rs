@@ -3,12 +3,14 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{Config, CorsConfig, IpFilterConfig, UpstreamConfig};
 use crate::fanout::Aggregate;
 use crate::router::Router;
 use crate::upstream::{HashKey, Upstream};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use plugins::cors::Cors;
+use plugins::ipfilter::IpFilter;
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct Route {
     pub aggregate: Option<HeaderValue>,
     /// The route's path regex, for `{path.NAME}` in aggregate templates.
     pub path_regex: Option<regex::Regex>,
+    pub ip_filter: Option<IpFilter>,
+    pub cors: Option<Cors>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -76,6 +80,10 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub aggregates: HashMap<String, Arc<Aggregate>>,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Applied to every request before routing.
+    pub ip_filter: Option<IpFilter>,
     pub generation: u64,
 }
 
@@ -189,6 +197,17 @@ impl Runtime {
                     ),
                     None => None,
                 },
+                ip_filter: match &r.plugins.ip_filter {
+                    Some(f) => Some(
+                        ip_filter(f)
+                            .map_err(|(p, e)| format!("routes[{i}].plugins.ip_filter.{p}: {e}"))?,
+                    ),
+                    None => None,
+                },
+                cors: match &r.plugins.cors {
+                    Some(c) => Some(cors(c).map_err(|e| format!("routes[{i}].plugins.cors: {e}"))?),
+                    None => None,
+                },
                 path_regex: match r.matcher.path.as_ref().and_then(|p| p.regex.as_ref()) {
                     Some(re) => {
                         Some(regex::Regex::new(re).map_err(|e| format!("routes[{i}]: {e}"))?)
@@ -207,7 +226,52 @@ impl Runtime {
             routes,
             upstreams,
             aggregates,
+            trusted_proxies: config
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|n| plugins::ipfilter::parse_net(n))
+                .collect::<Result<_, _>>()?,
+            ip_filter: match &config.server.ip_filter {
+                Some(f) => {
+                    Some(ip_filter(f).map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?)
+                }
+                None => None,
+            },
             generation,
         })
     }
+}
+
+/// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
+pub fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
+    let parse = |list: &[String], field: &str| -> Result<Vec<ipnet::IpNet>, (String, String)> {
+        list.iter()
+            .enumerate()
+            .map(|(i, n)| plugins::ipfilter::parse_net(n).map_err(|e| (format!("{field}[{i}]"), e)))
+            .collect()
+    };
+    let allow = parse(&cfg.allow, "allow")?;
+    let mut deny = parse(&cfg.deny, "deny")?;
+    if let Some(file) = &cfg.deny_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ("deny_file".to_string(), format!("cannot read {file}: {e}")))?;
+        deny.extend(
+            plugins::ipfilter::parse_list(&text)
+                .map_err(|e| ("deny_file".to_string(), format!("{file}: {e}")))?,
+        );
+    }
+    Ok(IpFilter::new(allow, deny))
+}
+
+/// Compile a `cors` block.
+pub fn cors(c: &CorsConfig) -> Result<Cors, String> {
+    Cors::new(
+        &c.origins,
+        &c.methods,
+        &c.headers,
+        &c.expose_headers,
+        c.credentials,
+        c.max_age_secs,
+    )
 }

@@ -10,5 +10,7 @@ pub mod headers;
 pub use envelope::GatewayError;
 pub use headers::{HeaderOps, HeaderTarget};
 pub mod breaker;
+pub mod cors;
+pub mod ipfilter;
 pub mod retry;
 pub mod window;

@@ -72,6 +72,52 @@ pub struct Config {
     pub aggregates: BTreeMap<String, AggregateConfig>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    #[serde(default)]
+    pub ip_filter: Option<IpFilterConfig>,
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterConfig {
+    /// Addresses or CIDRs (IPv4 and IPv6); when set, everything else is refused.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Refused even when allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// More denied addresses, one address or CIDR a line; read again on every reload.
+    #[serde(default)]
+    pub deny_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `https://app.example.com`, `https://*.example.com`, or `*`.
+    pub origins: Vec<String>,
+    /// Default GET, HEAD, POST.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: u64,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
+}
+
 /// A fan-out: several backends called in parallel, their JSON merged into one answer.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +209,12 @@ pub struct ServerConfig {
     /// `stdout`, `off`, or a file path; one JSON object a line.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// Peers whose `X-Forwarded-For` names the real client (for ip_filter and `ip` keys).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Allow/deny lists applied to every request before routing.
+    #[serde(default)]
+    pub ip_filter: Option<IpFilterConfig>,
     /// The aggregation (fan-out) service.
     #[serde(default)]
     pub fanout: FanoutConfig,
@@ -194,6 +246,8 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             access_log: default_access_log(),
+            trusted_proxies: Vec::new(),
+            ip_filter: None,
             fanout: FanoutConfig::default(),
             admin: None,
             admin_token: None,
@@ -550,6 +604,9 @@ pub struct RouteConfig {
     /// With `split`: `header:NAME`, `ip` or `path`; one key always lands on the same side.
     #[serde(default)]
     pub sticky_key: Option<String>,
+    /// Policies applied to this route.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// ... or an aggregate (fan-out) that answers the route.
     #[serde(default)]
     pub aggregate: Option<String>,

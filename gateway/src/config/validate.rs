@@ -60,6 +60,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             )),
         }
     }
+    for (i, net) in s.trusted_proxies.iter().enumerate() {
+        if let Err(e) = plugins::ipfilter::parse_net(net) {
+            errs.push(ConfigError::new(format!("server.trusted_proxies[{i}]"), e));
+        }
+    }
+    if let Some(f) = &s.ip_filter {
+        if let Err((path, e)) = crate::runtime::ip_filter(f) {
+            errs.push(ConfigError::new(format!("server.ip_filter.{path}"), e));
+        }
+    }
     if s.threads == 0 {
         errs.push(ConfigError::new("server.threads", "must be at least 1"));
     }
@@ -206,6 +216,28 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                         errs.push(ConfigError::new(&hp, "invalid header value"));
                     }
                 }
+            }
+        }
+        if let Some(f) = &r.plugins.ip_filter {
+            if let Err((path, e)) = crate::runtime::ip_filter(f) {
+                errs.push(ConfigError::new(format!("{p}.plugins.ip_filter.{path}"), e));
+            }
+        }
+        if let Some(c) = &r.plugins.cors {
+            if c.origins.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("{p}.plugins.cors.origins"),
+                    "needs at least one origin",
+                ));
+            }
+            if c.credentials && c.origins.iter().any(|o| o == "*") {
+                errs.push(ConfigError::new(
+                    format!("{p}.plugins.cors.credentials"),
+                    "browsers refuse credentials with a * origin; list the origins",
+                ));
+            }
+            if let Err(e) = crate::runtime::cors(c) {
+                errs.push(ConfigError::new(format!("{p}.plugins.cors"), e));
             }
         }
         if let Some(sp) = &r.strip_prefix {

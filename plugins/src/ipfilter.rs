@@ -1,0 +1,132 @@
+//! IP allow and deny lists (IPv4 and IPv6 CIDRs), and finding the client's address behind
+//! trusted proxies.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Deny wins over allow; with an allow list, an address on neither list is denied.
+#[derive(Debug, Clone, Default)]
+pub struct IpFilter {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+}
+
+/// Parse `10.0.0.0/8`, `2001:db8::/32`, or a plain address (a /32 or /128).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+}
+
+/// The networks of a deny file: one address or CIDR a line; `#` starts a comment.
+pub fn parse_list(text: &str) -> Result<Vec<IpNet>, String> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let l = l.split('#').next().unwrap_or("").trim();
+            (!l.is_empty()).then(|| parse_net(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+impl IpFilter {
+    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
+        Self { allow, deny }
+    }
+
+    /// `Err` with the reason when the address may not pass.
+    pub fn check(&self, ip: IpAddr) -> Result<(), &'static str> {
+        let ip = canonical(ip);
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return Err("address denied");
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
+            return Err("address not allowed");
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the
+/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let Some(xff) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !trusted.iter().any(|n| n.contains(&client)) {
+                    break;
+                }
+            }
+            // A garbled entry: stop at the last address we could trust.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn deny_wins_and_allow_limits() {
+        let f = IpFilter::new(
+            vec![
+                parse_net("10.0.0.0/8").unwrap(),
+                parse_net("2001:db8::/32").unwrap(),
+            ],
+            vec![parse_net("10.1.2.3").unwrap()],
+        );
+        assert!(f.check(ip("10.9.9.9")).is_ok());
+        assert_eq!(f.check(ip("10.1.2.3")), Err("address denied"));
+        assert_eq!(f.check(ip("192.168.1.1")), Err("address not allowed"));
+        assert!(f.check(ip("2001:db8::1")).is_ok());
+        assert!(f.check(ip("::ffff:10.0.0.1")).is_ok(), "mapped IPv4");
+        assert!(IpFilter::default().check(ip("1.2.3.4")).is_ok());
+    }
+
+    #[test]
+    fn client_behind_trusted_proxies() {
+        let trusted = vec![parse_net("10.0.0.0/8").unwrap()];
+        let xff = Some("203.0.113.7, 198.51.100.2, 10.0.0.5");
+        assert_eq!(client_ip(ip("10.0.0.1"), xff, &trusted), ip("198.51.100.2"));
+        // An untrusted peer's header is ignored: it could say anything.
+        assert_eq!(client_ip(ip("192.0.2.1"), xff, &trusted), ip("192.0.2.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("junk"), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn deny_file_lines() {
+        let nets = parse_list("# bad actors\n192.0.2.1\n198.51.100.0/24 # a range\n\n").unwrap();
+        assert_eq!(nets.len(), 2);
+        assert!(parse_list("1.2.3.4\nnope")
+            .unwrap_err()
+            .starts_with("line 2"));
+    }
+}
