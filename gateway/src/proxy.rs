@@ -3,7 +3,7 @@
 //! Pingora's `Session` to them and is the only place that writes gateway responses.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::fanout::{X_AGGREGATE, X_ROUTE};
+use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
 use crate::metrics::{method_label, METRICS};
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::router::RequestView;
@@ -86,6 +86,8 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     /// The request's Origin, when the route's CORS policy allows it.
     cors_origin: Option<HeaderValue>,
+    /// Claims of the verified JWT.
+    claims: Option<serde_json::Value>,
     /// The request body collected for the mirror, when this request is mirrored.
     mirror_body: Option<Vec<u8>>,
     mirror_body_done: bool,
@@ -323,6 +325,7 @@ impl ProxyHttp for Gateway {
             arm: 0,
             client_ip: None,
             cors_origin: None,
+            claims: None,
             mirror_body: None,
             mirror_body_done: false,
             request_id: HeaderValue::from_static(""),
@@ -453,6 +456,21 @@ impl ProxyHttp for Gateway {
                 }
                 if cors.origin_allowed(o) {
                     ctx.cors_origin = Some(origin);
+                }
+            }
+        }
+        let route = &ctx.rt.routes[idx];
+        if let Some(jwt) = &route.jwt {
+            let auth = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            match jwt.verify(auth) {
+                Ok(claims) => ctx.claims = claims,
+                Err(e) => {
+                    respond(session, ctx, e).await?;
+                    return Ok(true);
                 }
             }
         }
@@ -641,12 +659,27 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?;
         }
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        // Only the proxy names the aggregate and route to the fan-out service.
+        // Only the proxy names the aggregate, route and claims to the fan-out service.
         upstream_request.remove_header(&X_AGGREGATE);
         upstream_request.remove_header(&X_ROUTE);
+        upstream_request.remove_header(&X_CLAIMS);
         if let Some(agg) = &route.aggregate {
             upstream_request.insert_header(X_AGGREGATE.clone(), agg.clone())?;
             upstream_request.insert_header(X_ROUTE.clone(), route.name.as_str())?;
+            if let Some(claims) = &ctx.claims {
+                if let Ok(v) = HeaderValue::from_bytes(claims.to_string().as_bytes()) {
+                    upstream_request.insert_header(X_CLAIMS.clone(), v)?;
+                }
+            }
+        }
+        // Forwarded claims: a client-sent header of the same name never passes.
+        if let Some(jwt) = &route.jwt {
+            for (name, value) in jwt.forwarded(ctx.claims.as_ref()) {
+                upstream_request.remove_header(name);
+                if let Some(v) = value {
+                    upstream_request.insert_header(name.clone(), v)?;
+                }
+            }
         }
         // The gateway is one hop of the trace: same trace id, a new parent id.
         let mut tp = [0u8; 55];

@@ -136,7 +136,7 @@ impl Reloader {
             st.tried_hash = text_hash(&text);
             let cfg = config::parse(&text)?;
             config::validate(&cfg)?;
-            // Deny files live outside the YAML: with one, a reload always rebuilds.
+            // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
             let reads_files = cfg
                 .server
                 .ip_filter
@@ -147,6 +147,10 @@ impl Reloader {
                         .ip_filter
                         .as_ref()
                         .is_some_and(|f| f.deny_file.is_some())
+                        || r.plugins
+                            .jwt
+                            .as_ref()
+                            .is_some_and(|j| j.keys.jwks_file.is_some())
                 });
             if cfg == st.config && !reads_files {
                 return Ok((None, Vec::new()));

@@ -3,7 +3,7 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::{Config, CorsConfig, IpFilterConfig, UpstreamConfig};
+use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, UpstreamConfig};
 use crate::fanout::Aggregate;
 use crate::router::Router;
 use crate::upstream::{HashKey, Upstream};
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
+use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub struct Route {
     pub aggregate: Option<HeaderValue>,
     /// The route's path regex, for `{path.NAME}` in aggregate templates.
     pub path_regex: Option<regex::Regex>,
+    pub jwt: Option<JwtVerifier>,
     pub ip_filter: Option<IpFilter>,
     pub cors: Option<Cors>,
     pub strip_prefix: Option<String>,
@@ -197,6 +199,12 @@ impl Runtime {
                     ),
                     None => None,
                 },
+                jwt: match &r.plugins.jwt {
+                    Some(j) => {
+                        Some(jwt(j).map_err(|(p, e)| format!("routes[{i}].plugins.jwt.{p}: {e}"))?)
+                    }
+                    None => None,
+                },
                 ip_filter: match &r.plugins.ip_filter {
                     Some(f) => Some(
                         ip_filter(f)
@@ -262,6 +270,63 @@ pub fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
         );
     }
     Ok(IpFilter::new(allow, deny))
+}
+
+/// Compile a `jwt` block, reading its key; the error names the field.
+pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
+    let k = &cfg.keys;
+    let owned: Vec<u8>;
+    let text: String;
+    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
+        (Some(var), None, None) => {
+            owned = std::env::var(var)
+                .map_err(|_| {
+                    (
+                        "keys.secret_env".into(),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?
+                .into_bytes();
+            KeySource::Secret(&owned)
+        }
+        (None, Some(file), None) => {
+            owned = std::fs::read(file).map_err(|e| {
+                (
+                    "keys.public_key_pem".into(),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+            KeySource::PublicPem(&owned)
+        }
+        (None, None, Some(file)) => {
+            text = std::fs::read_to_string(file)
+                .map_err(|e| ("keys.jwks_file".into(), format!("cannot read {file}: {e}")))?;
+            KeySource::Jwks(&text)
+        }
+        _ => {
+            return Err((
+                "keys".into(),
+                "set exactly one of secret_env, public_key_pem, jwks_file".into(),
+            ))
+        }
+    };
+    let forward: Vec<(String, String)> = cfg
+        .forward_claims
+        .iter()
+        .map(|(c, h)| (c.clone(), h.clone()))
+        .collect();
+    JwtVerifier::new(
+        source,
+        &JwtSettings {
+            algorithms: &cfg.algorithms,
+            issuer: cfg.issuer.as_deref(),
+            audience: cfg.audience.as_deref(),
+            leeway_secs: cfg.leeway_secs,
+            optional: cfg.optional,
+            forward_claims: &forward,
+        },
+    )
+    .map_err(|e| (String::new(), e))
 }
 
 /// Compile a `cors` block.

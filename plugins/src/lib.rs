@@ -12,5 +12,6 @@ pub use headers::{HeaderOps, HeaderTarget};
 pub mod breaker;
 pub mod cors;
 pub mod ipfilter;
+pub mod jwt;
 pub mod retry;
 pub mod window;

@@ -76,9 +76,51 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    #[serde(default)]
     pub ip_filter: Option<IpFilterConfig>,
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    pub algorithms: Vec<String>,
+    pub keys: JwtKeysConfig,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on exp and nbf.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Claim -> header sent upstream; a client-sent header of that name is always removed.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Let requests without a token through (a present but invalid token is still refused).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Exactly one of the three.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeysConfig {
+    /// Environment variable holding the HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// PEM file of an RSA, EC or Ed25519 public key.
+    #[serde(default)]
+    pub public_key_pem: Option<String>,
+    /// JWKS file; read again on every reload.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -218,6 +218,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 }
             }
         }
+        if let Some(j) = &r.plugins.jwt {
+            if let Err((path, e)) = crate::runtime::jwt(j) {
+                let at = if path.is_empty() {
+                    format!("{p}.plugins.jwt")
+                } else {
+                    format!("{p}.plugins.jwt.{path}")
+                };
+                errs.push(ConfigError::new(at, e));
+            }
+        }
         if let Some(f) = &r.plugins.ip_filter {
             if let Err((path, e)) = crate::runtime::ip_filter(f) {
                 errs.push(ConfigError::new(format!("{p}.plugins.ip_filter.{path}"), e));

@@ -34,6 +34,8 @@ use tokio::sync::Semaphore;
 /// Set by the proxy on requests it sends to the fan-out service.
 pub static X_AGGREGATE: HeaderName = HeaderName::from_static("x-gateway-aggregate");
 pub static X_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+/// The verified JWT claims of the request, as JSON.
+pub static X_CLAIMS: HeaderName = HeaderName::from_static("x-gateway-claims");
 static X_AGGREGATE_FAILED: HeaderName = HeaderName::from_static("x-aggregate-failed");
 
 /// A backend answer larger than this is a failure of that backend.

@@ -1,4 +1,5 @@
-//! Backend path templates: `/users/{path.id}/orders?limit={query.limit}&u={header.x-user}`.
+//! Backend path templates: `/users/{path.id}/orders?limit={query.limit}&u={header.x-user}`,
+//! and `{claim.sub}` from the request's verified JWT.
 //! Values are percent-encoded, so a request cannot smuggle `/`, `?` or `&` into a path.
 
 use pingora::http::RequestHeader;
@@ -11,6 +12,7 @@ enum Part {
     Query(String),
     Path(String),
     Header(String),
+    Claim(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,7 @@ pub struct Vars {
     query: HashMap<String, String>,
     path: HashMap<String, String>,
     headers: HashMap<String, String>,
+    claims: HashMap<String, String>,
 }
 
 impl Vars {
@@ -48,10 +51,31 @@ impl Vars {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
+        // Claims verified by the proxy (scalars only).
+        let claims = req
+            .headers
+            .get(&super::X_CLAIMS)
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.as_bytes()).ok())
+            .and_then(|v| match v {
+                serde_json::Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| {
+                m.into_iter()
+                    .filter_map(|(k, v)| match v {
+                        serde_json::Value::String(s) => Some((k, s)),
+                        serde_json::Value::Number(n) => Some((k, n.to_string())),
+                        serde_json::Value::Bool(b) => Some((k, b.to_string())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Vars {
             query,
             path,
             headers,
+            claims,
         }
     }
 }
@@ -76,9 +100,10 @@ impl Template {
                 Some(("query", n)) if !n.is_empty() => Part::Query(n.to_string()),
                 Some(("path", n)) if !n.is_empty() => Part::Path(n.to_string()),
                 Some(("header", n)) if !n.is_empty() => Part::Header(n.to_ascii_lowercase()),
+                Some(("claim", n)) if !n.is_empty() => Part::Claim(n.to_string()),
                 _ => {
                     return Err(format!(
-                        "{{{var}}} is not {{query.NAME}}, {{path.NAME}} or {{header.NAME}}"
+                        "{{{var}}} is not {{query.NAME}}, {{path.NAME}}, {{header.NAME}} or {{claim.NAME}}"
                     ))
                 }
             };
@@ -106,6 +131,7 @@ impl Template {
                 Part::Query(n) => (&vars.query, n, "query parameter"),
                 Part::Path(n) => (&vars.path, n, "path parameter"),
                 Part::Header(n) => (&vars.headers, n, "header"),
+                Part::Claim(n) => (&vars.claims, n, "verified claim"),
             };
             let value = map
                 .get(name)
@@ -187,6 +213,7 @@ mod tests {
         assert!(Template::parse("users").is_err());
         assert!(Template::parse("/a/{query.x").is_err());
         assert!(Template::parse("/a/{claims.x}").is_err());
+        assert!(Template::parse("/a/{claim.sub}").is_ok());
         assert!(Template::parse("/a/}").is_err());
     }
 }

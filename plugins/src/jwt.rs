@@ -1,0 +1,362 @@
+//! JWT authentication: a bearer token is verified against configured keys and algorithms,
+//! its registered claims checked, and its claims handed on (forwarded headers, templates).
+//!
+//! Only the configured algorithms are accepted, and a key only verifies algorithms of its own
+//! family, so `alg: none` and a token signed with HS256 using an RSA public key as the secret
+//! are refused.
+
+use crate::GatewayError;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::str::FromStr;
+
+/// Tokens longer than this are refused without being parsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Where the verification keys come from.
+pub enum KeySource<'a> {
+    /// An HMAC secret (HS256/384/512).
+    Secret(&'a [u8]),
+    /// A PEM public key: RSA, EC or Ed25519.
+    PublicPem(&'a [u8]),
+    /// A JWKS document (`{"keys": [...]}`); tokens pick a key by `kid`.
+    Jwks(&'a str),
+}
+
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+pub struct JwtVerifier {
+    keys: Vec<Key>,
+    /// One prepared validation per accepted algorithm.
+    validations: HashMap<Algorithm, Validation>,
+    optional: bool,
+    forward: Vec<(String, HeaderName)>,
+}
+
+pub struct JwtSettings<'a> {
+    pub algorithms: &'a [String],
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub leeway_secs: u64,
+    pub optional: bool,
+    /// claim name -> header sent upstream
+    pub forward_claims: &'a [(String, String)],
+}
+
+fn invalid(reason: &str) -> GatewayError {
+    GatewayError::new(401, "invalid token")
+        .with_data(serde_json::json!({ "reason": reason }))
+        .with_header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        )
+}
+
+fn missing() -> GatewayError {
+    GatewayError::new(401, "missing token").with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    )
+}
+
+impl JwtVerifier {
+    pub fn new(keys: KeySource, s: &JwtSettings) -> Result<JwtVerifier, String> {
+        let keys = match keys {
+            KeySource::Secret(secret) => {
+                if secret.is_empty() {
+                    return Err("the secret is empty".into());
+                }
+                vec![Key {
+                    kid: None,
+                    key: DecodingKey::from_secret(secret),
+                }]
+            }
+            KeySource::PublicPem(pem) => {
+                let key = DecodingKey::from_rsa_pem(pem)
+                    .or_else(|_| DecodingKey::from_ec_pem(pem))
+                    .or_else(|_| DecodingKey::from_ed_pem(pem))
+                    .map_err(|_| "not an RSA, EC or Ed25519 public key in PEM".to_string())?;
+                vec![Key { kid: None, key }]
+            }
+            KeySource::Jwks(text) => {
+                let set: JwkSet =
+                    serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+                let mut keys = Vec::new();
+                for (i, jwk) in set.keys.iter().enumerate() {
+                    let key = DecodingKey::from_jwk(jwk)
+                        .map_err(|e| format!("keys[{i}] is not usable: {e}"))?;
+                    keys.push(Key {
+                        kid: jwk.common.key_id.clone(),
+                        key,
+                    });
+                }
+                if keys.is_empty() {
+                    return Err("the JWKS holds no key".into());
+                }
+                keys
+            }
+        };
+        if s.algorithms.is_empty() {
+            return Err("list the accepted algorithms".into());
+        }
+        let mut validations = HashMap::new();
+        for name in s.algorithms {
+            let alg =
+                Algorithm::from_str(name).map_err(|_| format!("unknown algorithm {name:?}"))?;
+            if !keys.iter().any(|k| k.key.family() == alg.family()) {
+                return Err(format!("no key can verify {name}"));
+            }
+            let mut v = Validation::new(alg);
+            v.leeway = s.leeway_secs;
+            v.validate_nbf = true;
+            if let Some(iss) = s.issuer {
+                v.set_issuer(&[iss]);
+            }
+            match s.audience {
+                Some(aud) => v.set_audience(&[aud]),
+                None => v.validate_aud = false,
+            }
+            validations.insert(alg, v);
+        }
+        let mut forward = Vec::new();
+        for (claim, header) in s.forward_claims {
+            forward.push((
+                claim.clone(),
+                HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| format!("invalid header name {header:?}"))?,
+            ));
+        }
+        Ok(JwtVerifier {
+            keys,
+            validations,
+            optional: s.optional,
+            forward,
+        })
+    }
+
+    /// Check the `Authorization` header. `Ok(None)`: no token and none required.
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<Option<Value>, GatewayError> {
+        let Some(value) = authorization else {
+            return if self.optional {
+                Ok(None)
+            } else {
+                Err(missing())
+            };
+        };
+        let token = match value.split_first_chunk::<7>() {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest,
+            _ => return Err(invalid("not a Bearer token")),
+        };
+        let token = token.trim_ascii();
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("token too large"));
+        }
+        let header = decode_header(token).map_err(|_| invalid("malformed token"))?;
+        let Some(validation) = self.validations.get(&header.alg) else {
+            return Err(invalid("algorithm not accepted"));
+        };
+        let family = header.alg.family();
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.key.family() == family)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => true,
+                (None, _) => true,
+            });
+        let mut any_key = false;
+        let mut last_error = "bad signature";
+        for k in candidates {
+            any_key = true;
+            match decode::<Value>(token, &k.key, validation) {
+                Ok(data) => return Ok(Some(data.claims)),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    last_error = match e.kind() {
+                        ExpiredSignature => "token expired",
+                        ImmatureSignature => "token not yet valid",
+                        InvalidIssuer => "wrong issuer",
+                        InvalidAudience => "wrong audience",
+                        InvalidSignature => "bad signature",
+                        MissingRequiredClaim(_) => "missing exp claim",
+                        InvalidAlgorithm => "algorithm not accepted",
+                        _ => "malformed token",
+                    };
+                    // A signature error may just mean another key of the set; any other
+                    // error is about the token itself.
+                    if !matches!(e.kind(), InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        if !any_key {
+            return Err(invalid(if header.kid.is_some() {
+                "unknown key id"
+            } else {
+                "no key for this algorithm"
+            }));
+        }
+        Err(invalid(last_error))
+    }
+
+    /// Headers to set upstream from the claims; every configured header is listed, with
+    /// `None` when the claim is absent, so a client-sent copy can be removed.
+    pub fn forwarded<'a>(
+        &'a self,
+        claims: Option<&'a Value>,
+    ) -> impl Iterator<Item = (&'a HeaderName, Option<HeaderValue>)> + 'a {
+        self.forward.iter().map(move |(claim, header)| {
+            let value = claims.and_then(|c| c.get(claim)).and_then(|v| match v {
+                Value::String(s) => HeaderValue::from_str(s).ok(),
+                Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
+                Value::Bool(b) => Some(HeaderValue::from_static(if *b { "true" } else { "false" })),
+                _ => None,
+            });
+            (header, value)
+        })
+    }
+
+    /// The forwarded header names, to strip from client requests.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward.iter().map(|(_, h)| h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn verifier(optional: bool) -> JwtVerifier {
+        JwtVerifier::new(
+            KeySource::Secret(b"s3cret"),
+            &JwtSettings {
+                algorithms: &["HS256".to_string()],
+                issuer: Some("https://auth.test"),
+                audience: Some("api"),
+                leeway_secs: 0,
+                optional,
+                forward_claims: &[("sub".to_string(), "x-user-id".to_string())],
+            },
+        )
+        .unwrap()
+    }
+
+    fn token(claims: Value, alg: Algorithm, secret: &[u8]) -> Vec<u8> {
+        let t = encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        format!("Bearer {t}").into_bytes()
+    }
+
+    fn reason(e: GatewayError) -> String {
+        e.data["reason"].as_str().unwrap_or(e.message).to_string()
+    }
+
+    #[test]
+    fn the_matrix() {
+        let v = verifier(false);
+        let good =
+            json!({"sub": "u1", "iss": "https://auth.test", "aud": "api", "exp": now() + 60});
+        let claims = v
+            .verify(Some(&token(good.clone(), Algorithm::HS256, b"s3cret")))
+            .unwrap();
+        assert_eq!(claims.unwrap()["sub"], "u1");
+
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = good.clone();
+            f(&mut c);
+            reason(
+                v.verify(Some(&token(c, Algorithm::HS256, b"s3cret")))
+                    .unwrap_err(),
+            )
+        };
+        assert_eq!(with(&|c| c["exp"] = json!(now() - 120)), "token expired");
+        assert_eq!(
+            with(&|c| c["nbf"] = json!(now() + 120)),
+            "token not yet valid"
+        );
+        assert_eq!(with(&|c| c["iss"] = json!("https://evil")), "wrong issuer");
+        assert_eq!(with(&|c| c["aud"] = json!("other")), "wrong audience");
+        assert_eq!(
+            reason(
+                v.verify(Some(&token(good.clone(), Algorithm::HS256, b"wrong")))
+                    .unwrap_err()
+            ),
+            "bad signature"
+        );
+        assert_eq!(
+            reason(
+                v.verify(Some(&token(good.clone(), Algorithm::HS512, b"s3cret")))
+                    .unwrap_err()
+            ),
+            "algorithm not accepted"
+        );
+        // alg: none, hand-made.
+        let none = b"Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSJ9.";
+        assert_eq!(reason(v.verify(Some(none)).unwrap_err()), "malformed token");
+        assert_eq!(
+            reason(v.verify(Some(b"Basic abc")).unwrap_err()),
+            "not a Bearer token"
+        );
+        let huge = [b"Bearer ".as_slice(), &vec![b'a'; MAX_TOKEN_BYTES + 1]].concat();
+        assert_eq!(
+            reason(v.verify(Some(&huge)).unwrap_err()),
+            "token too large"
+        );
+        assert_eq!(v.verify(None).unwrap_err().message, "missing token");
+        assert!(verifier(true).verify(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn forwarded_claims() {
+        let v = verifier(false);
+        let claims = json!({"sub": "u1"});
+        let out: Vec<_> = v.forwarded(Some(&claims)).collect();
+        assert_eq!(out[0].0, "x-user-id");
+        assert_eq!(out[0].1.as_ref().unwrap(), "u1");
+        let out: Vec<_> = v.forwarded(None).collect();
+        assert!(out[0].1.is_none());
+    }
+
+    #[test]
+    fn keys_must_fit_the_algorithms() {
+        let try_new = |keys: KeySource, alg: &str| {
+            let algorithms = [alg.to_string()];
+            JwtVerifier::new(
+                keys,
+                &JwtSettings {
+                    algorithms: &algorithms,
+                    issuer: None,
+                    audience: None,
+                    leeway_secs: 0,
+                    optional: false,
+                    forward_claims: &[],
+                },
+            )
+            .map(|_| ())
+        };
+        assert!(try_new(KeySource::Secret(b"x"), "RS256").is_err());
+        assert!(try_new(KeySource::Secret(b"x"), "XX256").is_err());
+        assert!(try_new(KeySource::Jwks("{\"keys\": []}"), "RS256").is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! JWT authentication through the real binary: a token matrix over the algorithm families,
+//! key sources (secret, PEM, JWKS file with rotation by reload), registered claims, forwarded
+//! claims that cannot be spoofed, and claims in aggregate templates.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tests::{assert_envelope, client, free_port, get_json, Setup, Upstream};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A private key made by openssl, and its public half, both PEM.
+fn keypair(dir: &Path, name: &str, args: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-out"])
+        .arg(&private)
+        .args(args)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey {args:?}");
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    (
+        std::fs::read(private).unwrap(),
+        std::fs::read(public).unwrap(),
+    )
+}
+
+fn claims() -> Value {
+    json!({"sub": "user-7", "tier": "gold", "iss": "https://auth.test", "aud": "api", "exp": now() + 300})
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    encode(&h, claims, key).unwrap()
+}
+
+async fn call(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut rb = c.get(url).header("x-user-id", "spoofed-admin");
+    if let Some(t) = token {
+        rb = rb.header("authorization", format!("Bearer {t}"));
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_matrix_across_algorithms_and_key_sources() {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let dir = s.dir.path().to_path_buf();
+    let (rsa_priv, rsa_pub) = keypair(
+        &dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let (ec_priv, _) = keypair(
+        &dir,
+        "ec",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let (ed_priv, _) = keypair(&dir, "ed", &["-algorithm", "ED25519"]);
+    let rsa = EncodingKey::from_rsa_pem(&rsa_priv).unwrap();
+    let ec = EncodingKey::from_ec_pem(&ec_priv).unwrap();
+    let ed = EncodingKey::from_ed_pem(&ed_priv).unwrap();
+    let hs = EncodingKey::from_secret(b"hs-secret-for-tests");
+
+    let yaml = format!(
+        r#"{server}upstreams:
+  u: {{ targets: [{{ addr: "{up}" }}] }}
+routes:
+  - name: hs
+    match: {{ path: {{ prefix: /hs }} }}
+    upstream: u
+    plugins:
+      jwt:
+        algorithms: [HS256]
+        keys: {{ secret_env: GW_TEST_JWT_SECRET }}
+        issuer: "https://auth.test"
+        audience: api
+        leeway_secs: 0
+        forward_claims: {{ sub: X-User-Id, tier: X-User-Tier }}
+  - name: rs
+    match: {{ path: {{ prefix: /rs }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [RS256, PS256], keys: {{ public_key_pem: {dir}/rsa.pub }}, leeway_secs: 0 }} }}
+  - name: es
+    match: {{ path: {{ prefix: /es }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [ES256], keys: {{ public_key_pem: {dir}/ec.pub }} }} }}
+  - name: ed
+    match: {{ path: {{ prefix: /ed }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [EdDSA], keys: {{ public_key_pem: {dir}/ed.pub }} }} }}
+  - name: optional
+    match: {{ path: {{ prefix: /optional }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [HS256], keys: {{ secret_env: GW_TEST_JWT_SECRET }}, optional: true, forward_claims: {{ sub: X-User-Id }} }} }}
+"#,
+        server = s.server_yaml(),
+        up = u.addr,
+        dir = dir.display()
+    );
+    // Set before the gateway starts, which inherits it.
+    std::env::set_var("GW_TEST_JWT_SECRET", "hs-secret-for-tests");
+    let gw = s.start(&yaml);
+    let c = client();
+    let good = claims();
+
+    // Valid tokens of every family pass.
+    for (path, token) in [
+        ("/hs", sign(Algorithm::HS256, &hs, None, &good)),
+        ("/rs", sign(Algorithm::RS256, &rsa, None, &good)),
+        ("/rs", sign(Algorithm::PS256, &rsa, None, &good)),
+        ("/es", sign(Algorithm::ES256, &ec, None, &good)),
+        ("/ed", sign(Algorithm::EdDSA, &ed, None, &good)),
+    ] {
+        let (status, _, body) = call(&c, &gw.url(path), Some(&token)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Forwarded claims replace the client's spoofed header.
+    let hs_url = gw.url("/hs/me");
+    let (_, _, body) = call(&c, &hs_url, Some(&sign(Algorithm::HS256, &hs, None, &good))).await;
+    assert_eq!(body["headers"]["x-user-id"], "user-7");
+    assert_eq!(body["headers"]["x-user-tier"], "gold");
+
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        sign(Algorithm::HS256, &hs, None, &c)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            with(&|c| c["exp"] = json!(now() - 60)),
+            "token expired",
+        ),
+        (
+            "not yet valid",
+            with(&|c| c["nbf"] = json!(now() + 600)),
+            "token not yet valid",
+        ),
+        (
+            "wrong issuer",
+            with(&|c| c["iss"] = json!("https://evil")),
+            "wrong issuer",
+        ),
+        (
+            "wrong audience",
+            with(&|c| c["aud"] = json!("billing")),
+            "wrong audience",
+        ),
+        (
+            "bad signature",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(b"guess"),
+                None,
+                &good,
+            ),
+            "bad signature",
+        ),
+        (
+            "alg none",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1c2VyLTcifQ.".to_string(),
+            "malformed token",
+        ),
+        ("garbage", "not.a.jwt".to_string(), "malformed token"),
+        ("oversized", "a".repeat(9000), "token too large"),
+    ];
+    for (what, token, reason) in cases {
+        let (status, headers, body) = call(&c, &hs_url, Some(&token)).await;
+        assert_envelope(status, &body, 401);
+        assert_eq!(body["data"]["reason"], reason, "{what}");
+        assert_eq!(
+            headers["www-authenticate"], "Bearer error=\"invalid_token\"",
+            "{what}"
+        );
+    }
+    // HS/RS confusion: HS256 signed with the RSA public key as the secret.
+    let confused = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&rsa_pub),
+        None,
+        &good,
+    );
+    let (status, _, body) = call(&c, &gw.url("/rs"), Some(&confused)).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["data"]["reason"], "algorithm not accepted");
+
+    // No token: 401 with a bare challenge, unless optional.
+    let (status, headers, body) = call(&c, &hs_url, None).await;
+    assert_envelope(status, &body, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, body) = call(&c, &gw.url("/optional"), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["headers"].get("x-user-id").is_none(),
+        "spoofed header removed: {body}"
+    );
+    // Only the two valid /hs requests ever reached the upstream.
+    assert_eq!(
+        u.seen().iter().filter(|s| s.uri.starts_with("/hs")).count(),
+        2
+    );
+}
+
+fn jwks(dir: &Path, keys: &[(&str, &EncodingKey)]) {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, key)| {
+            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, Algorithm::RS256).unwrap();
+            jwk.common.key_id = Some(kid.to_string());
+            serde_json::to_value(jwk).unwrap()
+        })
+        .collect();
+    std::fs::write(dir.join("jwks.json"), json!({ "keys": keys }).to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rotation_and_claims_in_aggregates() {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let dir = s.dir.path().to_path_buf();
+    let (k1_priv, _) = keypair(
+        &dir,
+        "k1",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let (k2_priv, _) = keypair(
+        &dir,
+        "k2",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let k1 = EncodingKey::from_rsa_pem(&k1_priv).unwrap();
+    let k2 = EncodingKey::from_rsa_pem(&k2_priv).unwrap();
+    jwks(&dir, &[("k1", &k1)]);
+    let fanout = free_port();
+    let yaml = format!(
+        r#"{server}  fanout: {{ listen: "127.0.0.1:{fanout}" }}
+upstreams:
+  u: {{ targets: [{{ addr: "{up}" }}] }}
+routes:
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [RS256], keys: {{ jwks_file: {dir}/jwks.json }} }} }}
+  - name: me
+    match: {{ path: {{ exact: /me }} }}
+    aggregate: me
+    plugins: {{ jwt: {{ algorithms: [RS256], keys: {{ jwks_file: {dir}/jwks.json }} }} }}
+aggregates:
+  me:
+    backends:
+      - {{ key: profile, upstream: u, path: "/profile/{{claim.sub}}", required: true }}
+"#,
+        server = s.server_yaml(),
+        up = u.addr,
+        dir = dir.display()
+    );
+    let mut gw = s.start(&yaml);
+    gw.wait_ready(fanout);
+    let c = client();
+    let t1 = sign(Algorithm::RS256, &k1, Some("k1"), &claims());
+    let t2 = sign(Algorithm::RS256, &k2, Some("k2"), &claims());
+    assert_eq!(call(&c, &gw.url("/api"), Some(&t1)).await.0, 200);
+    let (status, _, body) = call(&c, &gw.url("/api"), Some(&t2)).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["data"]["reason"], "unknown key id");
+
+    // The issuer rotates: k2 joins the set; a reload picks it up.
+    jwks(&dir, &[("k1", &k1), ("k2", &k2)]);
+    gw.signal("HUP");
+    let t = Instant::now();
+    while call(&c, &gw.url("/api"), Some(&t2)).await.0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "rotation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A verified claim fills an aggregate's path; a client cannot inject claims.
+    let r = c
+        .get(gw.url("/me"))
+        .header("authorization", format!("Bearer {t1}"))
+        .header("x-gateway-claims", "{\"sub\":\"admin\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["profile"]["uri"], "/profile/user-7");
+    let (status, _, _) = get_json(&c, &gw.url("/me")).await;
+    assert_eq!(status, 401, "the aggregate route is protected at the edge");
+}
