@@ -20,9 +20,10 @@ deps:
 deps-run: deps
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
-# promtool checks the alert rules; dnsmasq is the DNS server of the discovery tests.
+# promtool checks the alert rules; dnsmasq and redis-server are real servers the tests start.
 deps-test: deps
-	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null || { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base; }
+	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null && command -v redis-server >/dev/null \
+		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server; }
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk; }

@@ -11,4 +11,5 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod runtime;
+pub mod store;
 pub mod upstream;

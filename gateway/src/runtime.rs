@@ -3,9 +3,10 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, UpstreamConfig};
+use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
 use crate::fanout::Aggregate;
 use crate::router::Router;
+use crate::store::RedisStore;
 use crate::upstream::{HashKey, Upstream};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -86,6 +87,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Applied to every request before routing.
     pub ip_filter: Option<IpFilter>,
+    /// The shared store, with the settings it was made from (kept across reloads).
+    pub redis: Option<(RedisConfig, Arc<RedisStore>)>,
     pub generation: u64,
 }
 
@@ -240,6 +243,27 @@ impl Runtime {
                 .iter()
                 .map(|n| plugins::ipfilter::parse_net(n))
                 .collect::<Result<_, _>>()?,
+            redis: match &config.server.redis {
+                Some(cfg) => Some(
+                    match previous
+                        .and_then(|p| p.redis.as_ref())
+                        .filter(|(c, _)| c == cfg)
+                    {
+                        Some(kept) => kept.clone(),
+                        None => (
+                            cfg.clone(),
+                            Arc::new(
+                                RedisStore::new(
+                                    &cfg.url,
+                                    std::time::Duration::from_millis(cfg.timeout_ms),
+                                )
+                                .map_err(|e| format!("server.redis.url: {e}"))?,
+                            ),
+                        ),
+                    },
+                ),
+                None => None,
+            },
             ip_filter: match &config.server.ip_filter {
                 Some(f) => {
                     Some(ip_filter(f).map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?)

@@ -234,3 +234,48 @@ aggregates:
     assert_eq!(body["data"]["b"]["upstream"], "b");
     drop(fanout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_every_instance_can_serve_a_fallback_any_instance_saw() {
+    let redis = tests::RedisServer::start();
+    let good = Upstream::start("orders").await;
+    let dead = free_port();
+    let rest = |orders_addr: String| {
+        format!(
+            r#"  redis: {{ url: "{}", timeout_ms: 200 }}
+upstreams:
+  orders: {{ targets: [{{ addr: "{orders_addr}" }}], timeouts: {{ connect_ms: 200 }} }}
+routes:
+  - {{ name: home, aggregate: home }}
+aggregates:
+  home:
+    backends:
+      - {{ key: orders, upstream: orders, path: /orders/latest, fallback: cache }}
+"#,
+            redis.url()
+        )
+    };
+    // Instance one sees a good answer ...
+    let one = start(&rest(good.addr.to_string()));
+    let (status, _, body) = get_json(&client(), &one.url("/home")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["orders"]["upstream"], "orders");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ... instance two, whose backend is down and which never saw one, serves it.
+    let two = start(&rest(format!("127.0.0.1:{dead}")));
+    let (status, headers, body) = get_json(&client(), &two.url("/home")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-aggregate-failed"], "orders");
+    assert_eq!(
+        body["data"]["orders"]["upstream"], "orders",
+        "from Redis: {body}"
+    );
+
+    // Redis gone: the answer degrades to null within the timeout, never hangs.
+    drop(redis);
+    let t = Instant::now();
+    let (status, _, body) = get_json(&client(), &two.url("/home")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["orders"], serde_json::Value::Null);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}

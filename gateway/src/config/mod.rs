@@ -214,6 +214,20 @@ pub enum Fallback {
     Cache,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT[/DB]`
+    pub url: String,
+    /// Bound on every Redis call; past it the call counts as failed.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_timeout() -> u64 {
+    50
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FanoutConfig {
@@ -260,6 +274,9 @@ pub struct ServerConfig {
     /// The aggregation (fan-out) service.
     #[serde(default)]
     pub fanout: FanoutConfig,
+    /// Shared state for every gateway instance (aggregate fallbacks).
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Admin listener: /metrics, /healthz, /readyz, /admin/*. Absent: no admin listener.
     #[serde(default)]
     pub admin: Option<String>,
@@ -291,6 +308,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             ip_filter: None,
             fanout: FanoutConfig::default(),
+            redis: None,
             admin: None,
             admin_token: None,
             admin_token_env: None,

@@ -60,6 +60,19 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             )),
         }
     }
+    if let Some(r) = &s.redis {
+        if let Err(e) =
+            crate::store::RedisStore::new(&r.url, std::time::Duration::from_millis(r.timeout_ms))
+        {
+            errs.push(ConfigError::new("server.redis.url", e));
+        }
+        if r.timeout_ms == 0 {
+            errs.push(ConfigError::new(
+                "server.redis.timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+    }
     for (i, net) in s.trusted_proxies.iter().enumerate() {
         if let Err(e) = plugins::ipfilter::parse_net(net) {
             errs.push(ConfigError::new(format!("server.trusted_proxies[{i}]"), e));

@@ -111,7 +111,9 @@ enum Outcome {
     TimedOut,
 }
 
-/// Last good answers for `fallback: cache`, by aggregate, backend and rendered path.
+/// Last good answers for `fallback: cache`, by aggregate, backend and rendered path, in this
+/// process; with `server.redis` they are also kept in Redis, read first, so every instance
+/// can stand in with an answer any of them saw.
 #[derive(Default)]
 struct FallbackCache {
     entries: Mutex<HashMap<String, (Instant, Value)>>,
@@ -309,6 +311,17 @@ impl FanoutApp {
                 Outcome::Ok(v) => {
                     if b.cache {
                         self.cache.put(cache_key.clone(), v.clone());
+                        if let Some((_, redis)) = &rt.redis {
+                            // Shared with the other instances; the answer does not wait for it.
+                            let (redis, key, ttl) =
+                                (redis.clone(), cache_key.clone(), agg.cache_ttl);
+                            let bytes = v.to_string().into_bytes();
+                            tokio::spawn(async move {
+                                if let Err(e) = redis.set_ex(&key, &bytes, ttl).await {
+                                    log::debug!("aggregate fallback not stored: {e}");
+                                }
+                            });
+                        }
                     }
                     ("ok", v, None)
                 }
@@ -329,7 +342,18 @@ impl FanoutApp {
                         required_failure = Some((status, &b.key, e));
                     }
                     let stale = if b.cache {
-                        self.cache.get(&cache_key, agg.cache_ttl)
+                        let shared = match &rt.redis {
+                            Some((_, redis)) => match redis.get(&cache_key).await {
+                                Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+                                Ok(None) => None,
+                                Err(e) => {
+                                    log::debug!("aggregate fallback not read: {e}");
+                                    None
+                                }
+                            },
+                            None => None,
+                        };
+                        shared.or_else(|| self.cache.get(&cache_key, agg.cache_ttl))
                     } else {
                         None
                     };
