@@ -66,6 +66,18 @@ def peak_rss_kib(pids):
     return peak
 
 
+def stop_all(procs, workdir, sig=lambda p: signal.SIGINT):
+    """Signal every process, wait for it (killing it after 5 s), remove the work folder."""
+    for p in procs:
+        p.send_signal(sig(p))
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -233,14 +245,8 @@ def main():
             return 1
         return 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        # nginx stops gracefully on SIGQUIT, the gateway at once on SIGINT.
+        stop_all(procs, d, lambda p: signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
 
 
 if __name__ == "__main__":

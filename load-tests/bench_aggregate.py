@@ -13,14 +13,13 @@ GATEWAY_BIN (target/release/gateway), DEMO_BIN (target/release/demo-upstreams).
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, wait_port  # noqa: E402
+from bench import free_port, stop_all, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -116,14 +115,7 @@ aggregates:
               f"p99 {a['p99'] / s['p99']:.2f}")
         return 1 if any(r["errors"] for rs in results.values() for r in rs) else 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        stop_all(procs, d)
 
 
 if __name__ == "__main__":
