@@ -654,6 +654,17 @@ pub async fn count_by_upstream(
     total
 }
 
+/// Send a request and parse the answer as JSON: status and body (Null if not JSON).
+pub async fn send_json(rb: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Send raw bytes on a new connection and read until the peer closes or `wait` passes.
 pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> String {
     use std::io::Write;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::{client, get_json, keepalive_load, Gateway, Setup, Upstream};
+use tests::{client, get_json, keepalive_load, send_json, Gateway, Setup, Upstream};
 
 /// Load tests in this file take turns: on two cores, two of them at once would measure the
 /// machine's overload rather than the gateway.
@@ -162,13 +162,7 @@ async fn admin_api_answers_and_refuses_a_wrong_token() {
     assert_eq!(r.status(), 401);
 
     let authed = |url: String| c.get(url).header("authorization", "Bearer s3cret-token");
-    let body: serde_json::Value = authed(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = send_json(authed(gw.admin_url("/admin/config"))).await;
     assert_eq!(
         body["data"]["config"]["server"]["admin_token"],
         "<redacted>"
@@ -177,25 +171,17 @@ async fn admin_api_answers_and_refuses_a_wrong_token() {
     assert_eq!(body["data"]["reload"]["generation"], 1);
     assert!(!body.to_string().contains("s3cret-token"));
 
-    let body: serde_json::Value = authed(gw.admin_url("/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = send_json(authed(gw.admin_url("/admin/upstreams"))).await;
     let targets = &body["data"]["a"]["targets"];
     assert_eq!(targets[0]["addr"], a.addr.to_string());
     assert_eq!(targets[0]["healthy"], true);
 
-    let r = c
-        .post(gw.admin_url("/admin/reload"))
-        .header("authorization", "Bearer s3cret-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = send_json(
+        c.post(gw.admin_url("/admin/reload"))
+            .header("authorization", "Bearer s3cret-token"),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eq!(body["message"], "unchanged");
 }
 
@@ -391,14 +377,7 @@ async fn reload_keeps_breaker_state_of_unchanged_upstreams_and_reports_listener_
         &format!("127.0.0.1:{}\"]", tests::free_port()),
     );
     std::fs::write(gw.dir.path().join("gateway.yaml"), moved).unwrap();
-    let body: serde_json::Value = c
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = send_json(c.post(gw.admin_url("/admin/reload"))).await;
     assert_eq!(body["data"]["needs_upgrade"][0], "server.listen", "{body}");
     assert_eq!(
         get_json(&c, &gw.url("/")).await.0,
