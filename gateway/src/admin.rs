@@ -67,10 +67,7 @@ impl AdminApp {
                 .breaker
                 .as_ref()
                 .map(|b| json!({"state": b.state().as_str(), "transitions": b.transitions()}));
-            let retries = metrics::METRICS
-                .retries
-                .with_label_values(&[name.as_str()])
-                .get();
+            let retries = up.metrics.retries.get();
             out.insert(
                 name.clone(),
                 json!({"targets": targets, "circuit_breaker": breaker, "retries": retries}),

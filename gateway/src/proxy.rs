@@ -544,7 +544,7 @@ impl ProxyHttp for Gateway {
         };
         let up = ctx.rt.routes[idx].upstream(ctx.arm);
         if ctx.tries > 0 {
-            METRICS.retries.with_label_values(&[up.name.as_str()]).inc();
+            up.metrics.retries.inc();
             if !ctx.backoff.is_zero() {
                 tokio::time::sleep(ctx.backoff).await;
             }
@@ -710,9 +710,8 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
         if let Some(up) = ctx.upstream() {
-            METRICS
-                .upstream_duration
-                .with_label_values(&[up.name.as_str()])
+            up.metrics
+                .duration
                 .observe(ctx.try_start.elapsed().as_secs_f64());
         }
         if status >= 500 && self.may_retry(session, ctx, Failure::Status(status)) {
@@ -855,10 +854,14 @@ impl ProxyHttp for Gateway {
             .requests
             .with_label_values(&[route_label, method_label(&req.method), code.format(status)])
             .inc();
-        METRICS
-            .request_duration
-            .with_label_values(&[route_label])
-            .observe(ctx.start.elapsed().as_secs_f64());
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        match ctx.route() {
+            Some(r) => r.duration.observe(elapsed),
+            None => METRICS
+                .request_duration
+                .with_label_values(&[route_label])
+                .observe(elapsed),
+        }
         if !self.access_log.enabled() {
             return;
         }

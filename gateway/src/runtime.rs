@@ -25,6 +25,8 @@ pub type RuntimeHandle = Arc<ArcSwap<Runtime>>;
 
 pub struct Route {
     pub name: String,
+    /// This route's `gateway_request_duration_seconds` series, looked up once.
+    pub duration: pingora_prometheus::prometheus::Histogram,
     /// The upstreams serving the route with the end of each one's weight range; a route
     /// with a plain `upstream` has one arm.
     pub arms: Vec<(Arc<Upstream>, u32)>,
@@ -190,6 +192,9 @@ impl Runtime {
             };
             let h = &r.headers;
             routes.push(Route {
+                duration: crate::metrics::METRICS
+                    .request_duration
+                    .with_label_values(&[r.name.as_str()]),
                 name: r.name.clone(),
                 arms,
                 total_weight,

@@ -66,8 +66,15 @@ enum Balancer {
 /// Targets tried before giving up on finding a healthy one.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
+/// This upstream's metric series, looked up once when the pool is built.
+pub struct UpstreamMetrics {
+    pub duration: pingora_prometheus::prometheus::Histogram,
+    pub retries: pingora_prometheus::prometheus::IntCounter,
+}
+
 pub struct Upstream {
     pub name: String,
+    pub metrics: UpstreamMetrics,
     /// The definition this pool was built from; a reload keeps the pool when it is unchanged.
     pub cfg: UpstreamConfig,
     balancer: Balancer,
@@ -244,6 +251,10 @@ impl Upstream {
                 .unwrap_or(t.connect_ms + t.read_ms),
         );
         Ok(Upstream {
+            metrics: UpstreamMetrics {
+                duration: METRICS.upstream_duration.with_label_values(&[name]),
+                retries: METRICS.retries.with_label_values(&[name]),
+            },
             cfg: cfg.clone(),
             breaker,
             retry,
