@@ -66,12 +66,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         {
             errs.push(ConfigError::new("server.redis.url", e));
         }
-        if r.timeout_ms == 0 {
-            errs.push(ConfigError::new(
-                "server.redis.timeout_ms",
-                "must be greater than 0",
-            ));
-        }
+        nonzero(
+            &mut errs,
+            "server.redis",
+            &[("timeout_ms", r.timeout_ms)],
+            ABOVE_ZERO,
+        );
     }
     for (i, net) in s.trusted_proxies.iter().enumerate() {
         if let Err(e) = plugins::ipfilter::parse_net(net) {
@@ -84,7 +84,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
     if s.threads == 0 {
-        errs.push(ConfigError::new("server.threads", "must be at least 1"));
+        errs.push(ConfigError::new("server.threads", AT_LEAST_ONE));
     }
     if s.access_log.is_empty() {
         errs.push(ConfigError::new(
@@ -302,18 +302,18 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 "needs at least one backend",
             ));
         }
-        if agg.max_concurrency == 0 {
-            errs.push(ConfigError::new(
-                format!("{ap}.max_concurrency"),
-                "must be at least 1",
-            ));
-        }
-        if agg.timeout_ms == 0 {
-            errs.push(ConfigError::new(
-                format!("{ap}.timeout_ms"),
-                "must be greater than 0",
-            ));
-        }
+        nonzero(
+            &mut errs,
+            &ap,
+            &[("max_concurrency", agg.max_concurrency as u64)],
+            AT_LEAST_ONE,
+        );
+        nonzero(
+            &mut errs,
+            &ap,
+            &[("timeout_ms", agg.timeout_ms)],
+            ABOVE_ZERO,
+        );
         for (i, h) in agg.forward_headers.iter().enumerate() {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 errs.push(ConfigError::new(
@@ -346,11 +346,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     "a required backend has no fallback; make it optional",
                 ));
             }
-            if b.timeout_ms == Some(0) {
-                errs.push(ConfigError::new(
-                    format!("{bp}.timeout_ms"),
-                    "must be greater than 0",
-                ));
+            if let Some(t) = b.timeout_ms {
+                nonzero(&mut errs, &bp, &[("timeout_ms", t)], ABOVE_ZERO);
             }
         }
     }
@@ -429,12 +426,12 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             if let Err(e) = crate::upstream::dns_discovery(d) {
                 errs.push(ConfigError::new(format!("{p}.discovery"), e));
             }
-            if d.refresh_secs == 0 {
-                errs.push(ConfigError::new(
-                    format!("{p}.discovery.refresh_secs"),
-                    "must be at least 1",
-                ));
-            }
+            nonzero(
+                errs,
+                &format!("{p}.discovery"),
+                &[("refresh_secs", d.refresh_secs)],
+                AT_LEAST_ONE,
+            );
         }
         (None, false) => {}
     }
@@ -442,12 +439,12 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
         if let Err(e) = resolve(&t.addr) {
             errs.push(ConfigError::new(format!("{p}.targets[{i}].addr"), e));
         }
-        if t.weight == 0 {
-            errs.push(ConfigError::new(
-                format!("{p}.targets[{i}].weight"),
-                "must be at least 1",
-            ));
-        }
+        nonzero(
+            errs,
+            &format!("{p}.targets[{i}]"),
+            &[("weight", t.weight as u64)],
+            AT_LEAST_ONE,
+        );
     }
     match (&up.lb, &up.hash_key) {
         (LbAlgorithm::ConsistentHash, None) => errs.push(ConfigError::new(
@@ -477,12 +474,12 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
     }
     if let Some(cb) = &up.circuit_breaker {
         let cp = format!("{p}.circuit_breaker");
-        if cb.consecutive_failures == 0 {
-            errs.push(ConfigError::new(
-                format!("{cp}.consecutive_failures"),
-                "must be at least 1",
-            ));
-        }
+        nonzero(
+            errs,
+            &cp,
+            &[("consecutive_failures", u64::from(cb.consecutive_failures))],
+            AT_LEAST_ONE,
+        );
         if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {
             errs.push(ConfigError::new(
                 format!("{cp}.failure_rate"),
@@ -495,18 +492,15 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
                 "must be 1 to 3600",
             ));
         }
-        if cb.open_secs == 0 {
-            errs.push(ConfigError::new(
-                format!("{cp}.open_secs"),
-                "must be at least 1",
-            ));
-        }
-        if cb.half_open_requests == 0 {
-            errs.push(ConfigError::new(
-                format!("{cp}.half_open_requests"),
-                "must be at least 1",
-            ));
-        }
+        nonzero(
+            errs,
+            &cp,
+            &[
+                ("open_secs", cb.open_secs),
+                ("half_open_requests", u64::from(cb.half_open_requests)),
+            ],
+            AT_LEAST_ONE,
+        );
     }
     if let Some(r) = &up.retry {
         let rp = format!("{p}.retry");
@@ -528,11 +522,8 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
                 "must be in [0, 10]",
             ));
         }
-        if r.deadline_ms == Some(0) {
-            errs.push(ConfigError::new(
-                format!("{rp}.deadline_ms"),
-                "must be greater than 0",
-            ));
+        if let Some(d) = r.deadline_ms {
+            nonzero(errs, &rp, &[("deadline_ms", d)], ABOVE_ZERO);
         }
         for (i, on) in r.on.iter().enumerate() {
             match on {
@@ -550,50 +541,54 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
         }
     }
     let t = &up.timeouts;
-    for (field, v) in [
-        ("connect_ms", t.connect_ms),
-        ("read_ms", t.read_ms),
-        ("write_ms", t.write_ms),
-        ("idle_ms", t.idle_ms),
-    ] {
-        if v == 0 {
-            errs.push(ConfigError::new(
-                format!("{p}.timeouts.{field}"),
-                "must be greater than 0",
-            ));
-        }
-    }
+    nonzero(
+        errs,
+        &format!("{p}.timeouts"),
+        &[
+            ("connect_ms", t.connect_ms),
+            ("read_ms", t.read_ms),
+            ("write_ms", t.write_ms),
+            ("idle_ms", t.idle_ms),
+        ],
+        ABOVE_ZERO,
+    );
     if let Some(hc) = &up.health_check {
         let hp = format!("{p}.health_check");
-        if hc.interval_ms == 0 {
-            errs.push(ConfigError::new(
-                format!("{hp}.interval_ms"),
-                "must be greater than 0",
-            ));
-        }
-        if hc.timeout_ms == 0 {
-            errs.push(ConfigError::new(
-                format!("{hp}.timeout_ms"),
-                "must be greater than 0",
-            ));
-        }
-        if hc.healthy == 0 {
-            errs.push(ConfigError::new(
-                format!("{hp}.healthy"),
-                "must be at least 1",
-            ));
-        }
-        if hc.unhealthy == 0 {
-            errs.push(ConfigError::new(
-                format!("{hp}.unhealthy"),
-                "must be at least 1",
-            ));
-        }
+        nonzero(
+            errs,
+            &hp,
+            &[
+                ("interval_ms", hc.interval_ms),
+                ("timeout_ms", hc.timeout_ms),
+            ],
+            ABOVE_ZERO,
+        );
+        nonzero(
+            errs,
+            &hp,
+            &[
+                ("healthy", hc.healthy as u64),
+                ("unhealthy", hc.unhealthy as u64),
+            ],
+            AT_LEAST_ONE,
+        );
         if !hc.path.starts_with('/') {
             errs.push(ConfigError::new(format!("{hp}.path"), "must start with /"));
         }
     }
 }
+
+/// Refuse zero in each `(field, value)` under `base`, in order, with `message`.
+fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], message: &str) {
+    for (field, v) in fields {
+        if *v == 0 {
+            errs.push(ConfigError::new(format!("{base}.{field}"), message));
+        }
+    }
+}
+
+const AT_LEAST_ONE: &str = "must be at least 1";
+const ABOVE_ZERO: &str = "must be greater than 0";
 
 /// Resolve `HOST:PORT` (or `IP:PORT`) to its addresses.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
