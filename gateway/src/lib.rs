@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod router;
 pub mod runtime;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub mirror_requests: IntCounterVec,
     pub discovery_refreshes: IntCounterVec,
     pub aggregate_backends: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -113,6 +115,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["aggregate", "backend", "result"]
     )
     .expect("register gateway_aggregate_backend_calls_total"),
+    rate_limited: register_int_counter_vec!(
+        "gateway_rate_limited_total",
+        "Requests refused with 429 by a rate limit, by route",
+        &["route"]
+    )
+    .expect("register gateway_rate_limited_total"),
+    rate_limit_store_errors: register_int_counter_vec!(
+        "gateway_rate_limit_store_errors_total",
+        "Shared rate limit checks Redis did not answer in time; on_store_error decided, by route",
+        &["route"]
+    )
+    .expect("register gateway_rate_limit_store_errors_total"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"

@@ -6,6 +6,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
 use crate::metrics::{method_label, METRICS};
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
+use crate::ratelimit;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime, RuntimeHandle};
 use crate::upstream::{HashKey, Upstream};
@@ -23,6 +24,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use plugins::breaker::{Admission, State as BreakerState};
 use plugins::cors::{Preflight, ORIGIN};
+use plugins::ratelimit::{Guard, RequestKeys, Verdict};
 use plugins::retry::Failure;
 use plugins::{GatewayError, HeaderTarget};
 use std::net::IpAddr;
@@ -88,6 +90,10 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     /// Claims of the verified JWT.
     claims: Option<serde_json::Value>,
+    /// The rate-limit quota nearest to running out, for the response headers.
+    quota: Option<Verdict>,
+    /// Concurrency-limit slots this request holds until it ends.
+    _inflight: Vec<Guard>,
     /// The request body collected for the mirror, when this request is mirrored.
     mirror_body: Option<Vec<u8>>,
     mirror_body_done: bool,
@@ -243,7 +249,13 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     resp.insert_header(CONTENT_TYPE, JSON.clone())?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-    for (name, value) in err.headers.into_iter().chain(cors_headers(ctx)) {
+    let quota = ctx.quota.filter(|_| err.status != 429);
+    for (name, value) in err
+        .headers
+        .into_iter()
+        .chain(cors_headers(ctx))
+        .chain(quota.into_iter().flat_map(|q| q.headers()))
+    {
         resp.insert_header(name, value)?;
     }
     // A body the client already started sending would otherwise be read as the next
@@ -326,6 +338,8 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             cors_origin: None,
             claims: None,
+            quota: None,
+            _inflight: Vec::new(),
             mirror_body: None,
             mirror_body_done: false,
             request_id: HeaderValue::from_static(""),
@@ -468,6 +482,29 @@ impl ProxyHttp for Gateway {
                 .map(|v| v.as_bytes());
             match jwt.verify(auth) {
                 Ok(claims) => ctx.claims = claims,
+                Err(e) => {
+                    respond(session, ctx, e).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if !ctx.rt.routes[idx].limits.is_empty() {
+            let rt = ctx.rt.clone();
+            let keys = RequestKeys {
+                ip: ctx.client_ip,
+                headers: &session.req_header().headers,
+                claims: ctx.claims.as_ref(),
+            };
+            let store = rt.redis.as_ref().map(|(_, s)| &**s);
+            match ratelimit::check(&rt.routes[idx].limits, store, &keys).await {
+                Ok(admitted) => {
+                    ctx.quota = admitted.quota;
+                    ctx._inflight = admitted.guards;
+                    if !admitted.delay.is_zero() {
+                        // A leaky bucket releases the request at its rate.
+                        tokio::time::sleep(admitted.delay).await;
+                    }
+                }
                 Err(e) => {
                     respond(session, ctx, e).await?;
                     return Ok(true);
@@ -739,6 +776,11 @@ impl ProxyHttp for Gateway {
         }
         for (name, value) in cors_headers(ctx) {
             upstream_response.insert_header(name, value)?;
+        }
+        if let Some(q) = &ctx.quota {
+            for (name, value) in q.headers() {
+                upstream_response.insert_header(name, value)?;
+            }
         }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         Ok(())

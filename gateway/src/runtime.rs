@@ -3,8 +3,11 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
+use crate::config::{
+    Config, CorsConfig, IpFilterConfig, JwtConfig, RateLimitConfig, RedisConfig, UpstreamConfig,
+};
 use crate::fanout::Aggregate;
+use crate::ratelimit::RouteLimit;
 use crate::router::Router;
 use crate::store::RedisStore;
 use crate::upstream::{HashKey, Upstream};
@@ -13,6 +16,7 @@ use http::HeaderValue;
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
+use plugins::ratelimit::{Algorithm, LimitKey, LimitSpec, Tiers};
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +45,8 @@ pub struct Route {
     pub jwt: Option<JwtVerifier>,
     pub ip_filter: Option<IpFilter>,
     pub cors: Option<Cors>,
+    /// Every one must pass.
+    pub limits: Vec<Arc<RouteLimit>>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -230,6 +236,8 @@ impl Runtime {
                     }
                     None => None,
                 },
+                limits: route_limits(r, previous)
+                    .map_err(|e| format!("routes[{i}].plugins.rate_limit{e}"))?,
                 strip_prefix: r.strip_prefix.clone(),
                 request_headers: HeaderOps::new(&h.request.set, &h.request.remove)
                     .map_err(|e| format!("routes[{i}].headers.request: {e}"))?,
@@ -356,6 +364,50 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
         },
     )
     .map_err(|e| (String::new(), e))
+}
+
+/// The route's limits; an entry the previous config had at the same place of the same route
+/// keeps its counters.
+fn route_limits(
+    r: &crate::config::RouteConfig,
+    previous: Option<&Runtime>,
+) -> Result<Vec<Arc<RouteLimit>>, String> {
+    let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name));
+    r.plugins
+        .rate_limit
+        .iter()
+        .enumerate()
+        .map(|(j, cfg)| {
+            match before
+                .and_then(|old| old.limits.get(j))
+                .filter(|old| old.cfg == *cfg)
+            {
+                Some(kept) => Ok(kept.clone()),
+                None => RouteLimit::new(&r.name, j, cfg)
+                    .map(Arc::new)
+                    .map_err(|e| format!("[{j}].{e}")),
+            }
+        })
+        .collect()
+}
+
+/// Compile one `rate_limit` entry into its spec; the error names the field.
+pub fn rate_limit(c: &RateLimitConfig) -> Result<LimitSpec, (String, String)> {
+    let algorithm = Algorithm::parse(&c.algorithm).map_err(|e| ("algorithm".into(), e))?;
+    let key = LimitKey::parse(&c.key).map_err(|e| ("key".into(), e))?;
+    Ok(LimitSpec {
+        algorithm,
+        key,
+        limit: c.limit,
+        window: std::time::Duration::from_secs(c.window_secs),
+        burst: c.burst,
+        tiers: c.tiers.as_ref().map(|t| Tiers {
+            claim: t.claim.clone(),
+            limits: t.limits.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            anonymous: t.anonymous,
+        }),
+        max_keys: c.max_keys,
+    })
 }
 
 /// Compile a `cors` block.

@@ -1,5 +1,5 @@
-//! The shared store: Redis, for state that every gateway instance must see (today the
-//! aggregates' cached fallbacks). Every call is bounded by `timeout_ms`; a dead Redis makes
+//! The shared store: Redis, for state that every gateway instance must see (shared rate
+//! limits, the aggregates' cached fallbacks). Every call is bounded by `timeout_ms`; a dead Redis makes
 //! calls fail fast, never hang a request, and the connection comes back by itself.
 
 use redis::aio::ConnectionManager;
@@ -75,6 +75,25 @@ impl RedisStore {
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, String> {
         let mut conn = self.connection().await?;
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(r) => r.map_err(|e| format!("redis: {e}")),
+            Err(_) => Err("redis: timed out".into()),
+        }
+    }
+
+    /// Run a Lua script by its SHA (Redis loads it on the first call, and again after a
+    /// restart); the whole call is bounded by the timeout.
+    pub async fn eval(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: &[u64],
+    ) -> Result<Vec<i64>, String> {
+        let mut conn = self.connection().await?;
+        let mut call = script.key(key);
+        for a in args {
+            call.arg(*a);
+        }
+        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
             Ok(r) => r.map_err(|e| format!("redis: {e}")),
             Err(_) => Err("redis: timed out".into()),
         }

@@ -13,5 +13,6 @@ pub mod breaker;
 pub mod cors;
 pub mod ipfilter;
 pub mod jwt;
+pub mod ratelimit;
 pub mod retry;
 pub mod window;

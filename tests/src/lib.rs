@@ -568,6 +568,13 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = free_port();
+        RedisServer {
+            child: Self::spawn(port),
+            port,
+        }
+    }
+
+    fn spawn(port: u16) -> Child {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--port", &port.to_string()])
@@ -580,7 +587,19 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer { child, port }
+        child
+    }
+
+    /// Kill the server; its port stays reserved for [`RedisServer::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port);
     }
 
     pub fn url(&self) -> String {

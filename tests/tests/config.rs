@@ -120,3 +120,53 @@ fn a_broken_config_is_never_served() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn rate_limit_faults_are_named_by_path() {
+    let s = Setup::new();
+    let f = s.path("limits.yaml");
+    std::fs::write(
+        &f,
+        r#"
+upstreams:
+  u: { targets: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - name: a
+    upstream: u
+    plugins:
+      rate_limit:
+        - { algorithm: fixed_window, limit: 10 }
+        - { algorithm: sliding_window, key: "claim:sub", limit: 10 }
+        - { algorithm: token_bucket, limit: 0, store: redis }
+        - { algorithm: concurrency, limit: 5, burst: 2 }
+        - { algorithm: sliding_window, key: cookie, limit: 5 }
+        - { algorithm: sliding_window, limit: 5, on_store_error: maybe }
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    assert!(
+        stderr.contains("routes[0].plugins.rate_limit[5].on_store_error: unknown variant `maybe`"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &f,
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace(", on_store_error: maybe", ""),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    for want in [
+        "routes[0].plugins.rate_limit[0].algorithm: unknown algorithm \"fixed_window\"",
+        "routes[0].plugins.rate_limit[1].key: claims come from a verified JWT",
+        "routes[0].plugins.rate_limit[2].limit: must be at least 1",
+        "routes[0].plugins.rate_limit[2].store: store: redis needs server.redis",
+        "routes[0].plugins.rate_limit[3].burst: burst applies to token_bucket and leaky_bucket",
+        "routes[0].plugins.rate_limit[4].key: unknown key \"cookie\"",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}

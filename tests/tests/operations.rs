@@ -498,7 +498,8 @@ async fn alert_rules_and_dashboard_use_metrics_the_gateway_exports() {
     let a = Upstream::start("a").await;
     let dead = tests::free_port();
     let gw = Gateway::start(&format!(
-        r#"upstreams:
+        r#"  redis: {{ url: "redis://127.0.0.1:{dead}", timeout_ms: 50 }}
+upstreams:
   u:
     targets: [{{ addr: "127.0.0.1:{dead}" }}, {{ addr: "{}" }}]
     failure_eject_ms: 0
@@ -511,12 +512,22 @@ async fn alert_rules_and_dashboard_use_metrics_the_gateway_exports() {
 routes:
   - {{ name: r, upstream: u }}
   - {{ name: v, upstream: v, match: {{ path: {{ prefix: /v }} }} }}
+  - name: limited
+    match: {{ path: {{ prefix: /limited }} }}
+    upstream: u
+    plugins:
+      rate_limit:
+        - {{ algorithm: token_bucket, limit: 1, window_secs: 60 }}
+        - {{ algorithm: sliding_window, limit: 9, store: redis }}
 "#,
         a.addr
     ));
     let c = client();
     for _ in 0..4 {
         c.get(gw.url("/")).send().await.unwrap();
+    }
+    for _ in 0..3 {
+        c.get(gw.url("/limited")).send().await.unwrap();
     }
     c.get(gw.url("/v")).send().await.unwrap();
     c.post(gw.admin_url("/admin/reload")).send().await.unwrap();

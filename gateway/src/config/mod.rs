@@ -81,6 +81,83 @@ pub struct PluginsConfig {
     pub ip_filter: Option<IpFilterConfig>,
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// Every limit must pass.
+    #[serde(default)]
+    pub rate_limit: Vec<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `sliding_window`, `token_bucket`, `leaky_bucket` or `concurrency`.
+    pub algorithm: String,
+    /// `ip`, `route`, `header:NAME` or `claim:NAME`.
+    #[serde(default = "default_rate_limit_key")]
+    pub key: String,
+    /// Requests per window (sliding window), refilled per window (buckets), or in flight
+    /// (concurrency).
+    pub limit: u64,
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Token bucket: its size (default `limit`). Leaky bucket: requests held back and
+    /// released at the rate instead of refused (default 0).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub tiers: Option<RateLimitTiersConfig>,
+    #[serde(default)]
+    pub store: LimitStore,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Keys the local state remembers at most (memory stays bounded under a flood of keys).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rate_limit_key() -> String {
+    "ip".into()
+}
+
+fn default_window_secs() -> u64 {
+    1
+}
+
+fn default_max_keys() -> usize {
+    65536
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitTiersConfig {
+    /// The claim of the verified JWT that names the tier.
+    pub claim: String,
+    /// Tier value -> limit; a value not listed gets the limit's own `limit`.
+    pub limits: BTreeMap<String, u64>,
+    /// For requests without the claim; default: the limit's own `limit`.
+    #[serde(default)]
+    pub anonymous: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitStore {
+    /// Each gateway instance counts by itself.
+    #[default]
+    Local,
+    /// One count in `server.redis` for every instance.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Refuse it with 503.
+    Deny,
+    /// Decide with this instance's own counters.
+    Local,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

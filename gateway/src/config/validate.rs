@@ -263,6 +263,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 errs.push(ConfigError::new(format!("{p}.plugins.cors"), e));
             }
         }
+        for (j, l) in r.plugins.rate_limit.iter().enumerate() {
+            check_rate_limit(
+                &mut errs,
+                &format!("{p}.plugins.rate_limit[{j}]"),
+                l,
+                r,
+                config,
+            );
+        }
         if let Some(sp) = &r.strip_prefix {
             if !sp.starts_with('/') || sp.len() < 2 {
                 errs.push(ConfigError::new(
@@ -583,6 +592,76 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
     for (field, v) in fields {
         if *v == 0 {
             errs.push(ConfigError::new(format!("{base}.{field}"), message));
+        }
+    }
+}
+
+fn check_rate_limit(
+    errs: &mut Vec<ConfigError>,
+    p: &str,
+    l: &super::RateLimitConfig,
+    route: &super::RouteConfig,
+    config: &Config,
+) {
+    use plugins::ratelimit::Algorithm;
+    if let Err((field, e)) = crate::runtime::rate_limit(l) {
+        errs.push(ConfigError::new(format!("{p}.{field}"), e));
+        return;
+    }
+    let algorithm = Algorithm::parse(&l.algorithm).unwrap_or(Algorithm::SlidingWindow);
+    nonzero(
+        errs,
+        p,
+        &[
+            ("limit", l.limit),
+            ("window_secs", l.window_secs),
+            ("max_keys", l.max_keys as u64),
+        ],
+        AT_LEAST_ONE,
+    );
+    if let Some(t) = &l.tiers {
+        for (tier, limit) in &t.limits {
+            nonzero(
+                errs,
+                &format!("{p}.tiers.limits"),
+                &[(tier, *limit)],
+                AT_LEAST_ONE,
+            );
+        }
+        if t.anonymous == Some(0) {
+            errs.push(ConfigError::new(
+                format!("{p}.tiers.anonymous"),
+                AT_LEAST_ONE,
+            ));
+        }
+    }
+    if l.burst.is_some() && !matches!(algorithm, Algorithm::TokenBucket | Algorithm::LeakyBucket) {
+        errs.push(ConfigError::new(
+            format!("{p}.burst"),
+            "burst applies to token_bucket and leaky_bucket",
+        ));
+    }
+    if algorithm == Algorithm::TokenBucket && l.burst == Some(0) {
+        errs.push(ConfigError::new(format!("{p}.burst"), AT_LEAST_ONE));
+    }
+    let needs_claims = l.key.starts_with("claim:") || l.tiers.is_some();
+    if needs_claims && route.plugins.jwt.is_none() {
+        errs.push(ConfigError::new(
+            format!("{p}.{}", if l.tiers.is_some() { "tiers" } else { "key" }),
+            "claims come from a verified JWT: set plugins.jwt on this route",
+        ));
+    }
+    if l.store == super::LimitStore::Redis {
+        if algorithm == Algorithm::Concurrency {
+            errs.push(ConfigError::new(
+                format!("{p}.store"),
+                "concurrency is counted by each instance: use store: local",
+            ));
+        } else if config.server.redis.is_none() {
+            errs.push(ConfigError::new(
+                format!("{p}.store"),
+                "store: redis needs server.redis",
+            ));
         }
     }
 }

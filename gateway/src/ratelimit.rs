@@ -1,0 +1,116 @@
+//! A route's rate limits applied to one request: each limit decides locally or in Redis,
+//! and a limit whose store cannot answer in time follows its `on_store_error`.
+
+use crate::config::{LimitStore, OnStoreError, RateLimitConfig};
+use crate::metrics::METRICS;
+use crate::store::RedisStore;
+use pingora_prometheus::prometheus::IntCounter;
+use plugins::ratelimit::shared::Script;
+use plugins::ratelimit::Guard;
+use plugins::ratelimit::{Limiter, RequestKeys, Verdict};
+use plugins::GatewayError;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+static WINDOW: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(Script::Window.source()));
+static BUCKET: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(Script::Bucket.source()));
+
+/// One `rate_limit` entry of a route, with the local state it counts in. Kept across
+/// reloads while the route keeps the same entry at the same place.
+pub struct RouteLimit {
+    pub cfg: RateLimitConfig,
+    pub limiter: Limiter,
+    /// Names the limit in Redis: the same for every instance serving the same config.
+    prefix: String,
+    rejected: IntCounter,
+    store_errors: IntCounter,
+}
+
+impl RouteLimit {
+    pub fn new(route: &str, index: usize, cfg: &RateLimitConfig) -> Result<RouteLimit, String> {
+        let spec = crate::runtime::rate_limit(cfg).map_err(|(f, e)| format!("{f}: {e}"))?;
+        Ok(RouteLimit {
+            cfg: cfg.clone(),
+            limiter: Limiter::new(spec),
+            prefix: format!("gw:rl:{route}:{index}"),
+            rejected: METRICS.rate_limited.with_label_values(&[route]),
+            store_errors: METRICS.rate_limit_store_errors.with_label_values(&[route]),
+        })
+    }
+}
+
+/// What the limits let through.
+#[derive(Default)]
+pub struct Admitted {
+    /// The quota nearest to running out, for the response headers.
+    pub quota: Option<Verdict>,
+    /// Concurrency slots held until the request ends.
+    pub guards: Vec<Guard>,
+    /// How long a leaky bucket holds the request back.
+    pub delay: Duration,
+}
+
+/// Apply every limit; the first refusal ends the check with its answer.
+pub async fn check(
+    limits: &[Arc<RouteLimit>],
+    redis: Option<&RedisStore>,
+    req: &RequestKeys<'_>,
+) -> Result<Admitted, GatewayError> {
+    let mut out = Admitted::default();
+    for limit in limits {
+        let subject = limit.limiter.subject(req);
+        let verdict = match (limit.cfg.store, redis) {
+            (LimitStore::Redis, Some(store)) => {
+                let call = limit.limiter.shared_call(&limit.prefix, &subject);
+                let script = match call.script {
+                    Script::Window => &*WINDOW,
+                    Script::Bucket => &*BUCKET,
+                };
+                let reply = store.eval(script, &call.key, &call.args).await;
+                match reply.and_then(|r| {
+                    limit
+                        .limiter
+                        .shared_verdict(&subject, &r)
+                        .ok_or_else(|| format!("unexpected script reply {r:?}"))
+                }) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        limit.store_errors.inc();
+                        log::warn!("rate limit {}: {e}", limit.prefix);
+                        match limit.cfg.on_store_error {
+                            OnStoreError::Allow => None,
+                            OnStoreError::Deny => {
+                                return Err(GatewayError::new(503, "rate limit store unavailable")
+                                    .with_header(
+                                        http::HeaderName::from_static("retry-after"),
+                                        http::HeaderValue::from_static("1"),
+                                    ))
+                            }
+                            OnStoreError::Local => Some(local(limit, &subject, &mut out)),
+                        }
+                    }
+                }
+            }
+            _ => Some(local(limit, &subject, &mut out)),
+        };
+        let Some(v) = verdict else { continue };
+        if !v.allowed {
+            limit.rejected.inc();
+            return Err(v.rejection());
+        }
+        out.delay = out.delay.max(v.delay);
+        out.quota = Some(match out.quota {
+            Some(q) => q.tighter(v),
+            None => v,
+        });
+    }
+    Ok(out)
+}
+
+fn local(limit: &RouteLimit, subject: &plugins::ratelimit::Subject, out: &mut Admitted) -> Verdict {
+    let (v, guard) = limit.limiter.check_local(subject);
+    out.guards.extend(guard);
+    v
+}
