@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod fanout;
+pub mod guard;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

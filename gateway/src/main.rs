@@ -5,6 +5,7 @@ use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
 use gateway::config;
 use gateway::fanout::FanoutApp;
+use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::reload::{ReloadService, Reloader};
 use gateway::runtime::Runtime;
@@ -12,7 +13,6 @@ use gateway::upstream::health::HealthService;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::ExecutionPhase;
 use pingora::server::Server;
@@ -21,6 +21,7 @@ use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -167,13 +168,15 @@ fn main() -> ExitCode {
     let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
-    let mut proxy = ProxyServiceBuilder::new(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(handle.clone(), access_log.clone()),
-    )
-    .name("gateway proxy")
-    .server_options(opts)
-    .build();
+    );
+    app.server_options = Some(opts);
+    let mut proxy = Service::new(
+        "gateway proxy".to_string(),
+        Guarded::new(app, Duration::from_millis(s.client_header_timeout_ms)),
+    );
     if let Some(addr) = &s.fanout.listen {
         let mut fanout = Service::new(
             "fanout".to_string(),

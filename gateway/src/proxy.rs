@@ -4,11 +4,12 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
+use crate::guard::Framing;
 use crate::metrics::{method_label, METRICS};
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::ratelimit;
 use crate::router::RequestView;
-use crate::runtime::{Route, Runtime, RuntimeHandle};
+use crate::runtime::{RequestLimits, Route, Runtime, RuntimeHandle};
 use crate::upstream::{HashKey, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -90,6 +91,8 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     /// Claims of the verified JWT.
     claims: Option<serde_json::Value>,
+    /// Request body bytes received so far.
+    body_bytes: u64,
     /// The rate-limit quota nearest to running out, for the response headers.
     quota: Option<Verdict>,
     /// Concurrency-limit slots this request holds until it ends.
@@ -276,6 +279,84 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     Ok(())
 }
 
+/// The request head's framing and size: refuse what two parsers could read differently
+/// (RFC 9112 section 6.3) and what is larger than the configured bounds.
+fn check_head(
+    req: &RequestHeader,
+    framing: Framing,
+    limits: &RequestLimits,
+) -> Result<(), GatewayError> {
+    let h = &req.headers;
+    // As sent, before Pingora's parser reconciled them.
+    if framing.content_length > 0 && framing.transfer_encoding > 0 {
+        return Err(GatewayError::new(
+            400,
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if framing.content_length > 1 {
+        return Err(GatewayError::new(400, "more than one Content-Length"));
+    }
+    if h.len() > limits.max_headers {
+        return Err(GatewayError::new(431, "too many header fields")
+            .with_data(serde_json::json!({ "max_headers": limits.max_headers })));
+    }
+    let size = h
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + req.method.as_str().len()
+        + 12;
+    if size > limits.max_header_bytes {
+        return Err(GatewayError::new(431, "request header fields too large")
+            .with_data(serde_json::json!({ "max_header_bytes": limits.max_header_bytes })));
+    }
+    let mut lengths = h.get_all(CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(GatewayError::new(400, "more than one Content-Length"));
+    }
+    let mut codings = h.get_all(TRANSFER_ENCODING).iter();
+    let coding = codings.next();
+    if codings.next().is_some() {
+        return Err(GatewayError::new(400, "more than one Transfer-Encoding"));
+    }
+    match (length, coding) {
+        (Some(_), Some(_)) => Err(GatewayError::new(
+            400,
+            "both Content-Length and Transfer-Encoding",
+        )),
+        (Some(len), None) => {
+            let digits = len.as_bytes();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(GatewayError::new(400, "invalid Content-Length"));
+            }
+            let n: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            if n > limits.max_body_bytes {
+                return Err(too_large(limits.max_body_bytes));
+            }
+            Ok(())
+        }
+        (None, Some(te)) if !te.as_bytes().eq_ignore_ascii_case(b"chunked") => {
+            Err(GatewayError::new(
+                400,
+                "unsupported Transfer-Encoding: only chunked is accepted",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn too_large(max: u64) -> GatewayError {
+    GatewayError::new(413, "request body too large")
+        .with_data(serde_json::json!({ "max_body_bytes": max }))
+}
+
 fn forbidden(reason: &'static str) -> GatewayError {
     GatewayError::new(403, "forbidden").with_data(serde_json::json!({ "reason": reason }))
 }
@@ -338,6 +419,7 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             cors_origin: None,
             claims: None,
+            body_bytes: 0,
             quota: None,
             _inflight: Vec::new(),
             mirror_body: None,
@@ -382,9 +464,19 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Framing checks and the route lookup. Answers 400 and 404 itself.
+    /// Framing and size checks, then the route lookup and the route's policies. Answers
+    /// 400, 404, 413, 431 and the policies' refusals itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let framing = session
+            .as_downstream()
+            .stream()
+            .and_then(crate::guard::framing)
+            .unwrap_or_default();
         let req = session.req_header();
+        if let Err(e) = check_head(req, framing, &ctx.rt.limits) {
+            respond(session, ctx, e).await?;
+            return Ok(true);
+        }
         let host = match request_host(req) {
             Ok(Some(h)) if h.len() <= MAX_HOST_LEN => h,
             Ok(Some(_)) => {
@@ -547,7 +639,8 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Collects the body of a mirrored request, up to the mirror's size limit.
+    /// Counts the body against `max_body_bytes` (a chunked body has no length up front)
+    /// and collects the body of a mirrored request, up to the mirror's size limit.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -555,6 +648,13 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > ctx.rt.limits.max_body_bytes {
+                ctx.fail_hint = Some(too_large(ctx.rt.limits.max_body_bytes));
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
         if let Some(buf) = ctx.mirror_body.as_mut() {
             if let Some(chunk) = body {
                 if buf.len() + chunk.len() > MAX_MIRROR_BODY {
@@ -819,8 +919,9 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
-        if e.esource() == &ErrorSource::Downstream {
-            // The client went away or sent garbage: not the upstream's fault.
+        if e.esource() == &ErrorSource::Downstream || ctx.body_bytes > ctx.rt.limits.max_body_bytes
+        {
+            // The client went away, sent garbage or too much: not the upstream's fault.
             ctx.attempt_open = false;
             e.set_retry(false);
             return e;

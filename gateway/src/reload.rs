@@ -247,6 +247,9 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.watch_config != b.watch_config {
         out.push("server.watch_config");
     }
+    if a.client_header_timeout_ms != b.client_header_timeout_ms {
+        out.push("server.client_header_timeout_ms");
+    }
     out
 }
 

@@ -52,6 +52,13 @@ pub struct Route {
     pub response_headers: HeaderOps,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
 pub struct Mirror {
     pub upstream: Arc<Upstream>,
     /// Share of requests copied, 0.0 to 1.0.
@@ -93,6 +100,8 @@ pub struct Runtime {
     pub aggregates: HashMap<String, Arc<Aggregate>>,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Bounds on what a client may send.
+    pub limits: RequestLimits,
     /// Applied to every request before routing.
     pub ip_filter: Option<IpFilter>,
     /// The shared store, with the settings it was made from (kept across reloads).
@@ -250,6 +259,11 @@ impl Runtime {
             routes,
             upstreams,
             aggregates,
+            limits: RequestLimits {
+                max_body_bytes: config.server.max_body_bytes,
+                max_header_bytes: config.server.max_header_bytes,
+                max_headers: config.server.max_headers,
+            },
             trusted_proxies: config
                 .server
                 .trusted_proxies

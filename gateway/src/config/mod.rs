@@ -369,6 +369,35 @@ pub struct ServerConfig {
     /// Idle connections kept per upstream target for reuse.
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
+    /// A request body larger than this is refused with 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// A request head (request line and headers) larger than this is refused with 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// More header fields than this is refused with 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// From the connection (or the first byte of a next request) to the end of the request
+    /// head; a slower client is disconnected.
+    #[serde(default = "default_header_timeout")]
+    pub client_header_timeout_ms: u64,
+}
+
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
 }
 
 impl Default for ServerConfig {
@@ -391,6 +420,10 @@ impl Default for ServerConfig {
             admin_token_env: None,
             watch_config: true,
             upstream_keepalive_pool_size: default_keepalive_pool(),
+            max_body_bytes: default_max_body(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            client_header_timeout_ms: default_header_timeout(),
         }
     }
 }

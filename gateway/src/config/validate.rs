@@ -60,6 +60,22 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             )),
         }
     }
+    nonzero(
+        &mut errs,
+        "server",
+        &[
+            ("max_header_bytes", s.max_header_bytes as u64),
+            ("max_headers", s.max_headers as u64),
+            ("client_header_timeout_ms", s.client_header_timeout_ms),
+        ],
+        AT_LEAST_ONE,
+    );
+    if s.max_headers > 256 {
+        errs.push(ConfigError::new(
+            "server.max_headers",
+            "at most 256 (the HTTP parser's own limit)",
+        ));
+    }
     if let Some(r) = &s.redis {
         if let Err(e) =
             crate::store::RedisStore::new(&r.url, std::time::Duration::from_millis(r.timeout_ms))

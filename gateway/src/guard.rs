@@ -1,0 +1,390 @@
+//! The connection guard: a deadline on reading each request head, before Pingora sees the
+//! connection.
+//!
+//! Pingora's HTTP/1 server times each read on its own, so a client that sends a header
+//! byte every few seconds holds its connection (and its buffer) forever. The guard wraps
+//! every accepted stream and watches the bytes of a request head go by: from the accept (or,
+//! on a kept-alive connection, from the first byte of the next request) to the blank line
+//! that ends the head, the client has `client_header_timeout`; past it, reads fail and the
+//! connection is closed. Bodies and the wait between two requests are not timed here.
+//!
+//! On a plain listener that also speaks h2c, Pingora first waits for 24 bytes to tell the
+//! HTTP/2 preface from HTTP/1. The guard answers that question itself as soon as the bytes
+//! differ from the preface, so a short HTTP/1 request is served at once, and within the
+//! same deadline otherwise. HTTP/2 connections are left alone once recognised.
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Wraps a Pingora app so that every connection it serves is guarded.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, header_timeout: Duration) -> Self {
+        Guarded {
+            inner: Arc::new(inner),
+            header_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, self.header_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head, against the deadline.
+    Head,
+    /// The head is in; the body (if any) is being read. No deadline until a response goes out.
+    Body,
+    /// A response went out; the next byte starts the next head.
+    Idle,
+    /// HTTP/2: not timed here.
+    Off,
+}
+
+/// How often the framing fields appeared in the request head as the client sent it.
+/// Pingora drops `Content-Length` when `Transfer-Encoding` is present (as RFC 9112 allows);
+/// the gateway refuses such requests outright, so it counts them here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub content_length: u8,
+    pub transfer_encoding: u8,
+}
+
+const CONTENT_LENGTH: &[u8] = b"content-length";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
+
+/// Finds the blank line that ends a request head (CRLF or bare LF line ends; empty lines
+/// before the request line are skipped, as parsers do), counting the framing fields.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    seen_text: bool,
+    line_empty: bool,
+    /// Position in the current header line, and whether it may still be one of the two
+    /// framing fields.
+    col: usize,
+    maybe_cl: bool,
+    maybe_te: bool,
+    framing: Framing,
+}
+
+/// Match one byte of a line against a field name followed by a colon.
+fn field_byte(maybe: &mut bool, name: &[u8], col: usize, b: u8, count: &mut u8) {
+    if !*maybe {
+        return;
+    }
+    if col < name.len() {
+        *maybe = b.to_ascii_lowercase() == name[col];
+    } else {
+        if b == b':' {
+            *count = count.saturating_add(1);
+        }
+        *maybe = false;
+    }
+}
+
+impl HeadEnd {
+    /// Whether `data` holds the end of the head.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            match b {
+                b'\n' => {
+                    if self.seen_text && self.line_empty {
+                        return true;
+                    }
+                    self.line_empty = true;
+                    self.col = 0;
+                    self.maybe_cl = self.seen_text;
+                    self.maybe_te = self.seen_text;
+                }
+                _ => {
+                    if b != b'\r' {
+                        self.seen_text = true;
+                        self.line_empty = false;
+                    }
+                    let f = &mut self.framing;
+                    field_byte(
+                        &mut self.maybe_cl,
+                        CONTENT_LENGTH,
+                        self.col,
+                        b,
+                        &mut f.content_length,
+                    );
+                    field_byte(
+                        &mut self.maybe_te,
+                        TRANSFER_ENCODING,
+                        self.col,
+                        b,
+                        &mut f.transfer_encoding,
+                    );
+                    self.col += 1;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The framing fields of the connection's current request head, when the connection is
+/// guarded (HTTP/1).
+pub fn framing(stream: &Stream) -> Option<Framing> {
+    stream
+        .as_any()
+        .downcast_ref::<HeadDeadline>()
+        .map(|h| h.head.framing)
+}
+
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    head: HeadEnd,
+    deadline: Pin<Box<Sleep>>,
+    /// Bytes read while telling h2c from HTTP/1, served before anything else.
+    replay: BytesMut,
+}
+
+impl HeadDeadline {
+    fn new(inner: Stream, timeout: Duration) -> Self {
+        HeadDeadline {
+            inner,
+            timeout,
+            phase: Phase::Head,
+            head: HeadEnd::default(),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            replay: BytesMut::new(),
+        }
+    }
+
+    /// Account for bytes that just arrived from the client.
+    fn arrived(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.head = HeadEnd::default();
+            let at = Instant::now() + self.timeout;
+            self.deadline.as_mut().reset(at);
+        }
+        if self.phase == Phase::Head && self.head.feed(data) {
+            self.phase = Phase::Body;
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if matches!(this.phase, Phase::Head | Phase::Idle) {
+                    this.arrived(&buf.filled()[before..]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Self::timed_out()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        // A response head (not an interim 1xx, after which the body follows) ends the
+        // request; the next bytes from the client start another head.
+        if n > 0 && this.phase != Phase::Off && !data.starts_with(b"HTTP/1.1 1") {
+            this.phase = Phase::Idle;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    /// Fill `buf` from the client for Pingora's h2c check, but stop as soon as the bytes
+    /// cannot be the HTTP/2 preface (the rest of `buf` stays zero, so the check says
+    /// HTTP/1), or at the head deadline.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        while self.replay.len() < buf.len() && H2_PREFACE.starts_with(&self.replay) {
+            let start = self.replay.len();
+            let read = self.inner.read_buf(&mut self.replay);
+            let n = match tokio::time::timeout_at(self.deadline.deadline(), read).await {
+                Ok(r) => r?,
+                Err(_) => return Err(Self::timed_out()),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let replay = std::mem::take(&mut self.replay);
+            self.arrived(&replay[start..]);
+            self.replay = replay;
+        }
+        if self.replay.starts_with(H2_PREFACE) {
+            self.phase = Phase::Off;
+        }
+        let n = self.replay.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.replay[..n]);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadEnd;
+
+    #[test]
+    fn head_end_with_crlf_bare_lf_and_split_reads() {
+        assert!(HeadEnd::default().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        let mut h = HeadEnd::default();
+        assert!(h.feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nX-Content-Length: 2\r\ntransfer-encoding:chunked\r\ncontent-length : 3\r\n\r\n"));
+        assert_eq!(
+            h.framing,
+            super::Framing {
+                content_length: 1,
+                transfer_encoding: 1
+            }
+        );
+        assert!(HeadEnd::default().feed(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(!HeadEnd::default().feed(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        // Empty lines before the request line do not end anything.
+        assert!(!HeadEnd::default().feed(b"\r\n\r\n"));
+        let mut h = HeadEnd::default();
+        for part in [&b"GET / HT"[..], b"TP/1.1\r", b"\nHost: a\r\n\r", b"\n"] {
+            if h.feed(part) {
+                return;
+            }
+        }
+        panic!("head end not found across reads");
+    }
+}

@@ -1,0 +1,314 @@
+//! What a client may send: body and header limits (413, 431), the request-head deadline
+//! against slow clients, short requests on a port that also speaks h2c, and a smuggling
+//! corpus checked at the upstream: every case is refused, or arrives as exactly one
+//! unambiguous request.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tests::{client, raw, Gateway, Setup, Upstream};
+
+fn start(extra_server: &str, up: &Upstream) -> Gateway {
+    let s = Setup::new();
+    let yaml = format!(
+        "{}{extra_server}upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        s.server_yaml(),
+        up.addr
+    );
+    s.start(&yaml)
+}
+
+/// The status line's code and the JSON envelope's code, when there is one.
+fn codes(answer: &str) -> (u16, Option<u64>) {
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["code"].as_u64());
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_get_413_and_big_heads_431() {
+    let u = Upstream::start("u").await;
+    let gw = start(
+        "  max_body_bytes: 1000\n  max_header_bytes: 4096\n  max_headers: 20\n",
+        &u,
+    );
+    let c = client();
+    let r = c
+        .post(gw.url("/up"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before = u.requests();
+
+    // Announced by Content-Length: refused before anything goes upstream.
+    let r = c
+        .post(gw.url("/up"))
+        .body(vec![b'a'; 1001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "request body too large");
+    assert_eq!(v["data"]["max_body_bytes"], 1000);
+    // Chunked, with no length up front: counted as it streams.
+    let out = raw(
+        gw.port,
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5dc\r\n{}\r\n5dc\r\n{}\r\n0\r\n\r\n",
+            "b".repeat(1500),
+            "c".repeat(1500)
+        )
+        .as_bytes(),
+        Duration::from_secs(3),
+    );
+    assert_eq!(codes(&out), (413, Some(413)), "{out}");
+    assert!(
+        u.seen().iter().all(|s| s.body.len() <= 1000),
+        "no oversized body reached the upstream"
+    );
+    assert_eq!(u.requests(), before);
+
+    // One header too large, or too many of them.
+    let r = c
+        .get(gw.url("/up"))
+        .header("x-big", "v".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "request header fields too large");
+    let mut rb = c.get(gw.url("/up"));
+    for i in 0..25 {
+        rb = rb.header(format!("x-h{i}"), "1");
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 431);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "too many header fields");
+    assert_eq!(u.requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_header_client_is_cut_off_while_others_are_served() {
+    let u = Upstream::start("u").await;
+    let gw = start("  client_header_timeout_ms: 1000\n", &u);
+    let port = gw.port;
+    // Slowloris: a header byte every 200 ms, never the blank line.
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let t = Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .unwrap();
+        while t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            if s.write_all(b"a").is_err() {
+                return t.elapsed();
+            }
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(0) => return t.elapsed(),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return t.elapsed(),
+                _ => {}
+            }
+        }
+        t.elapsed()
+    });
+    // Meanwhile, normal clients are served.
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        cut >= Duration::from_millis(800) && cut < Duration::from_secs(4),
+        "slow client cut off after {cut:?}"
+    );
+
+    // A kept-alive connection may idle between requests longer than the head deadline.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_requests_on_the_h2c_port_are_answered_or_closed_in_time() {
+    let u = Upstream::start("u").await;
+    let gw = start("  client_header_timeout_ms: 1000\n", &u);
+    // 18 bytes, fewer than the 24 of the h2c preface: answered at once.
+    let t = Instant::now();
+    let out = raw(gw.port, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "{out}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A garbled fragment that never ends: closed at the head deadline.
+    let t = Instant::now();
+    let _ = raw(gw.port, b"PRI * HT", Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // h2c itself still works, past the head deadline too.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = h2.get(gw.url("/h2")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = h2.get(gw.url("/h2-later")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_corpus_is_refused_or_reaches_the_upstream_as_one_request() {
+    let u = Upstream::start("u").await;
+    let gw = start("", &u);
+    // (name, bytes, what the client must get)
+    let refused: &[(&str, &[u8])] = &[
+        (
+            "CL.TE",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "TE.CL",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "duplicate CL",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "CL list",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 40\r\n\r\nabcd",
+        ),
+        (
+            "signed CL",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd",
+        ),
+        (
+            "TE not chunked",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obfuscated TE",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "two TE",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        ),
+        (
+            "invalid chunk size",
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello",
+        ),
+    ];
+    for (name, bytes) in refused {
+        let out = raw(gw.port, bytes, Duration::from_secs(3));
+        let status = codes(&out).0;
+        assert!(
+            (400..500).contains(&status) || out.is_empty(),
+            "{name}: not refused:\n{out}"
+        );
+        assert!(
+            !out.contains("smuggled"),
+            "{name}: a second request came out of the body:\n{out}"
+        );
+    }
+    let seen = u.seen();
+    assert!(
+        seen.iter().all(|s| !s.uri.contains("smuggled")),
+        "smuggled request reached the upstream: {:?}",
+        seen.iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
+    // Whatever did reach the upstream (a chunked body cut short) is one request with no
+    // trace of another.
+    for s in &seen {
+        assert!(
+            !String::from_utf8_lossy(&s.body).contains("HTTP/1.1"),
+            "{:?}",
+            s.uri
+        );
+    }
+
+    // Accepted forms arrive as exactly one clean request each.
+    let before = u.requests();
+    let accepted: &[(&str, &[u8], &str)] = &[
+        ("bare LF", b"GET /lf HTTP/1.1\nHost: a\n\n", "/lf"),
+        (
+            "chunked",
+            b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "/chunked",
+        ),
+    ];
+    for (name, bytes, path) in accepted {
+        let out = raw(gw.port, bytes, Duration::from_secs(2));
+        assert!(out.starts_with("HTTP/1.1 200"), "{name}:\n{out}");
+        let last = u.last().unwrap();
+        assert_eq!(&last.uri, path, "{name}");
+    }
+    assert_eq!(u.last().unwrap().body, b"hello");
+    assert_eq!(u.requests() - before, 2);
+
+    // A body on a request the gateway refuses itself is never read as the next request:
+    // the answer closes the connection.
+    let gw2 = {
+        let s = Setup::new();
+        let yaml = format!(
+            "{}upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u, match: {{ path: {{ prefix: /known }} }} }}\n",
+            s.server_yaml(),
+            u.addr
+        );
+        s.start(&yaml)
+    };
+    let body = "GET /known/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let req = format!(
+        "POST /unknown HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let out = raw(gw2.port, req.as_bytes(), Duration::from_secs(3));
+    assert_eq!(codes(&out), (404, Some(404)), "{out}");
+    assert_eq!(
+        out.matches("HTTP/1.1").count(),
+        1,
+        "one answer only:\n{out}"
+    );
+    assert!(u.seen().iter().all(|s| !s.uri.contains("smuggled")));
+}
