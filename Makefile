@@ -63,6 +63,7 @@ bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
 	python3 load-tests/bench_aggregate.py
+	python3 load-tests/bench_ratelimit.py
 	python3 load-tests/upgrade.py
 
 # Graceful upgrade of the gateway running on $(CONF) to the binary just built.
