@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the `/admin/*` API
-//! (`GET /admin/config`, `GET /admin/upstreams`, `POST /admin/reload`).
+//! (`GET /admin/config`, `GET /admin/upstreams`, `POST /admin/reload`, `GET /admin/bans`,
+//! `DELETE /admin/bans/IP`).
 //!
 //! When `server.admin_token` (or `admin_token_env`) is set, `/admin/*` needs
 //! `Authorization: Bearer TOKEN`; the probes and `/metrics` stay open so that load balancers
@@ -76,6 +77,45 @@ impl AdminApp {
         Value::Object(out)
     }
 
+    /// Bans in force, by scope.
+    fn bans(&self) -> Value {
+        let rt = self.runtime.load();
+        let now = crate::runtime::uptime();
+        let mut out = serde_json::Map::new();
+        for (scope, bans) in rt.ban_scopes() {
+            let list: Vec<Value> = bans
+                .bans(now)
+                .into_iter()
+                .map(|b| json!({"ip": b.ip.to_string(), "remaining_secs": b.remaining.as_secs()}))
+                .collect();
+            out.insert(scope.to_string(), Value::from(list));
+        }
+        Value::Object(out)
+    }
+
+    /// Lift the bans of one address in every scope.
+    fn lift(&self, ip: &str) -> Response<Vec<u8>> {
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            return envelope(400, "not an IP address", Value::Null);
+        };
+        let rt = self.runtime.load();
+        let now = crate::runtime::uptime();
+        let lifted: Vec<&str> = rt
+            .ban_scopes()
+            .filter(|(_, bans)| bans.lift(ip, now))
+            .map(|(scope, _)| scope)
+            .collect();
+        if lifted.is_empty() {
+            envelope(404, "not banned", Value::Null)
+        } else {
+            envelope(
+                200,
+                "ban lifted",
+                json!({"ip": ip.to_string(), "scopes": lifted}),
+            )
+        }
+    }
+
     fn config(&self) -> Value {
         let mut cfg = serde_json::to_value(self.reloader.config()).unwrap_or(Value::Null);
         if let Some(server) = cfg.get_mut("server").and_then(Value::as_object_mut) {
@@ -148,8 +188,14 @@ impl ServeHttp for AdminApp {
             (Method::GET, "/admin/config") => envelope(200, "ok", self.config()),
             (Method::GET, "/admin/upstreams") => envelope(200, "ok", self.upstreams()),
             (Method::POST, "/admin/reload") => self.reload().await,
+            (Method::GET, "/admin/bans") => envelope(200, "ok", self.bans()),
+            (Method::DELETE, p) if p.starts_with("/admin/bans/") => {
+                self.lift(&p["/admin/bans/".len()..])
+            }
             (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/upstreams")
-            | (_, "/admin/reload") => envelope(405, "method not allowed", Value::Null),
+            | (_, "/admin/reload" | "/admin/bans") => {
+                envelope(405, "method not allowed", Value::Null)
+            }
             _ => envelope(404, "not found", Value::Null),
         }
     }

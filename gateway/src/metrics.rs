@@ -27,6 +27,8 @@ pub struct Metrics {
     pub aggregate_backends: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
+    pub auto_bans: IntCounterVec,
+    pub banned_addresses: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -127,6 +129,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route"]
     )
     .expect("register gateway_rate_limit_store_errors_total"),
+    auto_bans: register_int_counter_vec!(
+        "gateway_auto_bans_total",
+        "Addresses banned for repeated refusals, by scope (server, or the route's name)",
+        &["scope"]
+    )
+    .expect("register gateway_auto_bans_total"),
+    banned_addresses: register_int_gauge_vec!(
+        "gateway_auto_banned_addresses",
+        "Addresses under a ban now, by scope",
+        &["scope"]
+    )
+    .expect("register gateway_auto_banned_addresses"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"
@@ -165,6 +179,13 @@ pub fn render(rt: &Runtime, access_log_dropped: u64) -> (Vec<u8>, String) {
                 .with_label_values(&[name.as_str()])
                 .set(b.state() as i64);
         }
+    }
+    m.banned_addresses.reset();
+    let now = crate::runtime::uptime();
+    for (scope, bans) in rt.ban_scopes() {
+        m.banned_addresses
+            .with_label_values(&[scope])
+            .set(bans.bans(now).len() as i64);
     }
     m.config_generation.set(rt.generation as i64);
     m.access_log_dropped.set(access_log_dropped as i64);

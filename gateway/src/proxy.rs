@@ -93,6 +93,8 @@ pub struct Ctx {
     claims: Option<serde_json::Value>,
     /// Request body bytes received so far.
     body_bytes: u64,
+    /// Refused for a ban already in force (does not count toward another).
+    banned: bool,
     /// The rate-limit quota nearest to running out, for the response headers.
     quota: Option<Verdict>,
     /// Concurrency-limit slots this request holds until it ends.
@@ -357,6 +359,18 @@ fn too_large(max: u64) -> GatewayError {
         .with_data(serde_json::json!({ "max_body_bytes": max }))
 }
 
+/// How long the address stays banned, when it is.
+fn banned(bans: Option<&plugins::autoban::AutoBan>, ip: Option<IpAddr>) -> Option<Duration> {
+    bans?.banned(ip?, crate::runtime::uptime())
+}
+
+fn ban_answer(left: Duration) -> GatewayError {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    GatewayError::new(403, "forbidden")
+        .with_data(serde_json::json!({ "reason": "address banned", "retry_after": secs }))
+        .with_header(RETRY_AFTER.clone(), HeaderValue::from(secs.max(1)))
+}
+
 fn forbidden(reason: &'static str) -> GatewayError {
     GatewayError::new(403, "forbidden").with_data(serde_json::json!({ "reason": reason }))
 }
@@ -420,6 +434,7 @@ impl ProxyHttp for Gateway {
             cors_origin: None,
             claims: None,
             body_bytes: 0,
+            banned: false,
             quota: None,
             _inflight: Vec::new(),
             mirror_body: None,
@@ -516,6 +531,11 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        if let Some(left) = banned(ctx.rt.autoban.as_deref(), ctx.client_ip) {
+            ctx.banned = true;
+            respond(session, ctx, ban_answer(left)).await?;
+            return Ok(true);
+        }
         // A CORS preflight is routed as the request it announces.
         let preflight = (req.method == Method::OPTIONS && req.headers.contains_key(&ORIGIN))
             .then(|| req.headers.get(ACCESS_CONTROL_REQUEST_METHOD))
@@ -539,6 +559,11 @@ impl ProxyHttp for Gateway {
                 respond(session, ctx, forbidden(reason)).await?;
                 return Ok(true);
             }
+        }
+        if let Some(left) = banned(route.autoban.as_deref(), ctx.client_ip) {
+            ctx.banned = true;
+            respond(session, ctx, ban_answer(left)).await?;
+            return Ok(true);
         }
         if let Some(cors) = &route.cors {
             let origin = session.req_header().headers.get(&ORIGIN).cloned();
@@ -991,6 +1016,24 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if matches!(status, 401 | 403 | 429) && !ctx.banned {
+            if let Some(ip) = ctx.client_ip {
+                let now = crate::runtime::uptime();
+                let scopes = [
+                    (ctx.rt.autoban.as_ref(), "server"),
+                    (
+                        ctx.route().and_then(|r| r.autoban.as_ref()),
+                        ctx.route().map_or("-", |r| r.name.as_str()),
+                    ),
+                ];
+                for (bans, scope) in scopes {
+                    if bans.is_some_and(|b| b.refused(ip, now)) {
+                        METRICS.auto_bans.with_label_values(&[scope]).inc();
+                        log::warn!("auto_ban: {ip} banned ({scope}) after repeated refusals");
+                    }
+                }
+            }
+        }
         let route_label = ctx.route().map_or("-", |r| r.name.as_str());
         let mut code = itoa::Buffer::new();
         METRICS

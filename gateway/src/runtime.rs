@@ -13,6 +13,7 @@ use crate::store::RedisStore;
 use crate::upstream::{HashKey, Upstream};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use plugins::autoban::{AutoBan, AutoBanSettings};
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
@@ -20,6 +21,7 @@ use plugins::ratelimit::{Algorithm, LimitKey, LimitSpec, Tiers};
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The name of the built-in upstream that reaches the fan-out service.
 pub const FANOUT_UPSTREAM: &str = "fanout";
@@ -44,6 +46,8 @@ pub struct Route {
     pub path_regex: Option<regex::Regex>,
     pub jwt: Option<JwtVerifier>,
     pub ip_filter: Option<IpFilter>,
+    /// Bans earned by refusals on this route.
+    pub autoban: Option<Arc<AutoBan>>,
     pub cors: Option<Cors>,
     /// Every one must pass.
     pub limits: Vec<Arc<RouteLimit>>,
@@ -104,12 +108,23 @@ pub struct Runtime {
     pub limits: RequestLimits,
     /// Applied to every request before routing.
     pub ip_filter: Option<IpFilter>,
+    /// Bans earned by refusals on any route.
+    pub autoban: Option<Arc<AutoBan>>,
     /// The shared store, with the settings it was made from (kept across reloads).
     pub redis: Option<(RedisConfig, Arc<RedisStore>)>,
     pub generation: u64,
 }
 
 impl Runtime {
+    /// Every ban tracker with its scope: `server`, or the route's name.
+    pub fn ban_scopes(&self) -> impl Iterator<Item = (&str, &Arc<AutoBan>)> {
+        self.autoban.iter().map(|b| ("server", b)).chain(
+            self.routes
+                .iter()
+                .filter_map(|r| r.autoban.as_ref().map(|b| (r.name.as_str(), b))),
+        )
+    }
+
     /// Compile a config that [`crate::config::validate`] accepted. Upstreams that
     /// `previous` defines identically are taken over as they are, with their health state,
     /// breaker and connection pool.
@@ -235,6 +250,12 @@ impl Runtime {
                     ),
                     None => None,
                 },
+                autoban: autoban(
+                    r.plugins.ip_filter.as_ref(),
+                    previous
+                        .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
+                        .and_then(|old| old.autoban.as_ref()),
+                ),
                 cors: match &r.plugins.cors {
                     Some(c) => Some(cors(c).map_err(|e| format!("routes[{i}].plugins.cors: {e}"))?),
                     None => None,
@@ -280,17 +301,18 @@ impl Runtime {
                         None => (
                             cfg.clone(),
                             Arc::new(
-                                RedisStore::new(
-                                    &cfg.url,
-                                    std::time::Duration::from_millis(cfg.timeout_ms),
-                                )
-                                .map_err(|e| format!("server.redis.url: {e}"))?,
+                                RedisStore::new(&cfg.url, Duration::from_millis(cfg.timeout_ms))
+                                    .map_err(|e| format!("server.redis.url: {e}"))?,
                             ),
                         ),
                     },
                 ),
                 None => None,
             },
+            autoban: autoban(
+                config.server.ip_filter.as_ref(),
+                previous.and_then(|p| p.autoban.as_ref()),
+            ),
             ip_filter: match &config.server.ip_filter {
                 Some(f) => {
                     Some(ip_filter(f).map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?)
@@ -300,6 +322,29 @@ impl Runtime {
             generation,
         })
     }
+}
+
+/// The ban tracker of an `ip_filter` block: the previous one, with its bans, when the
+/// settings did not change.
+fn autoban(f: Option<&IpFilterConfig>, previous: Option<&Arc<AutoBan>>) -> Option<Arc<AutoBan>> {
+    let b = f?.auto_ban.as_ref()?;
+    let settings = AutoBanSettings {
+        threshold: b.threshold,
+        window: Duration::from_secs(b.window_secs),
+        ban: Duration::from_secs(b.ban_secs),
+        max_entries: b.max_entries,
+    };
+    Some(match previous.filter(|p| p.settings == settings) {
+        Some(kept) => kept.clone(),
+        None => Arc::new(AutoBan::new(settings)),
+    })
+}
+
+/// The clock of bans: time since the process started.
+pub fn uptime() -> Duration {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed()
 }
 
 /// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
@@ -413,7 +458,7 @@ pub fn rate_limit(c: &RateLimitConfig) -> Result<LimitSpec, (String, String)> {
         algorithm,
         key,
         limit: c.limit,
-        window: std::time::Duration::from_secs(c.window_secs),
+        window: Duration::from_secs(c.window_secs),
         burst: c.burst,
         tiers: c.tiers.as_ref().map(|t| Tiers {
             claim: t.claim.clone(),

@@ -9,6 +9,7 @@ pub mod headers;
 
 pub use envelope::GatewayError;
 pub use headers::{HeaderOps, HeaderTarget};
+pub mod autoban;
 pub mod breaker;
 pub mod cors;
 pub mod ipfilter;

@@ -222,3 +222,99 @@ routes:
         "https://app.example.com"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_is_banned_listed_and_let_back_in() {
+    std::env::set_var("GW_TEST_BAN_SECRET", "ban-secret");
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let yaml = format!(
+        r#"{}  ip_filter:
+    auto_ban: {{ threshold: 5, window_secs: 10, ban_secs: 30 }}
+upstreams:
+  u: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    upstream: u
+    plugins:
+      jwt: {{ algorithms: [HS256], keys: {{ secret_env: GW_TEST_BAN_SECRET }} }}
+      ip_filter: {{ auto_ban: {{ threshold: 3, window_secs: 10, ban_secs: 2 }} }}
+  - name: limited
+    match: {{ path: {{ prefix: /limited }} }}
+    upstream: u
+    plugins:
+      rate_limit: [{{ algorithm: token_bucket, key: ip, limit: 1, window_secs: 60 }}]
+"#,
+        s.server_yaml(),
+        u.addr
+    );
+    let gw = s.start(&yaml);
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"ban-secret"),
+    )
+    .unwrap();
+    let bad = from("127.0.0.5");
+    let url = gw.url("/api/x");
+    // Three refusals are tolerated; the fourth earns a ban.
+    for _ in 0..4 {
+        assert_eq!(get_json(&bad, &url).await.0, 401);
+    }
+    let r = bad.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 403, "banned even with a good token");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["reason"], "address banned");
+    // Others are not affected; the ban holds for this route only.
+    let good = from("127.0.0.6");
+    let r = good.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get_json(&bad, &gw.url("/limited")).await.0, 200);
+
+    let admin = client();
+    let (_, _, bans) = get_json(&admin, &gw.admin_url("/admin/bans")).await;
+    assert_eq!(bans["data"]["api"][0]["ip"], "127.0.0.5", "{bans}");
+    assert_eq!(bans["data"]["server"], serde_json::json!([]));
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_auto_bans_total{scope=\"api\"} 1"));
+
+    // The ban ends by itself.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = bad.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "let back in");
+
+    // Server-wide: rate-limit refusals count too, the ban covers every route, and the
+    // admin API lifts it.
+    let noisy = from("127.0.0.7");
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(get_json(&noisy, &gw.url("/limited")).await.0);
+    }
+    // Six refusals are more than the threshold of five: banned from the next request.
+    assert_eq!(
+        statuses,
+        [200, 429, 429, 429, 429, 429, 429],
+        "{statuses:?}"
+    );
+    let r = noisy.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let (_, _, bans) = get_json(&admin, &gw.admin_url("/admin/bans")).await;
+    assert_eq!(bans["data"]["server"][0]["ip"], "127.0.0.7", "{bans}");
+    let r = admin
+        .delete(gw.admin_url("/admin/bans/127.0.0.7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = noisy.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "ban lifted by the admin API");
+}

@@ -212,6 +212,35 @@ pub struct IpFilterConfig {
     /// More denied addresses, one address or CIDR a line; read again on every reload.
     #[serde(default)]
     pub deny_file: Option<String>,
+    /// Refuse for a while an address that keeps getting refused.
+    #[serde(default)]
+    pub auto_ban: Option<AutoBanConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoBanConfig {
+    /// More refusals (401, 403, 429) than this within the window ban the address.
+    pub threshold: u32,
+    #[serde(default = "default_ban_window")]
+    pub window_secs: u64,
+    #[serde(default = "default_ban_secs")]
+    pub ban_secs: u64,
+    /// Addresses tracked at most (memory stays bounded).
+    #[serde(default = "default_ban_entries")]
+    pub max_entries: usize,
+}
+
+fn default_ban_window() -> u64 {
+    60
+}
+
+fn default_ban_secs() -> u64 {
+    600
+}
+
+fn default_ban_entries() -> usize {
+    100_000
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

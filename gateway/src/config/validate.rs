@@ -98,6 +98,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Err((path, e)) = crate::runtime::ip_filter(f) {
             errs.push(ConfigError::new(format!("server.ip_filter.{path}"), e));
         }
+        check_auto_ban(&mut errs, "server.ip_filter", f);
     }
     if s.threads == 0 {
         errs.push(ConfigError::new("server.threads", AT_LEAST_ONE));
@@ -261,6 +262,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             if let Err((path, e)) = crate::runtime::ip_filter(f) {
                 errs.push(ConfigError::new(format!("{p}.plugins.ip_filter.{path}"), e));
             }
+            check_auto_ban(&mut errs, &format!("{p}.plugins.ip_filter"), f);
         }
         if let Some(c) = &r.plugins.cors {
             if c.origins.is_empty() {
@@ -609,6 +611,22 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
         if *v == 0 {
             errs.push(ConfigError::new(format!("{base}.{field}"), message));
         }
+    }
+}
+
+fn check_auto_ban(errs: &mut Vec<ConfigError>, p: &str, f: &super::IpFilterConfig) {
+    if let Some(b) = &f.auto_ban {
+        nonzero(
+            errs,
+            &format!("{p}.auto_ban"),
+            &[
+                ("threshold", u64::from(b.threshold)),
+                ("window_secs", b.window_secs),
+                ("ban_secs", b.ban_secs),
+                ("max_entries", b.max_entries as u64),
+            ],
+            AT_LEAST_ONE,
+        );
     }
 }
 
