@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod fanout;
 pub mod guard;
+pub mod jwks;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

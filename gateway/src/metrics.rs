@@ -28,6 +28,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub auto_bans: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
     pub banned_addresses: IntGaugeVec,
 }
 
@@ -135,6 +136,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["scope"]
     )
     .expect("register gateway_auto_bans_total"),
+    jwks_fetches: register_int_counter_vec!(
+        "gateway_jwks_fetches_total",
+        "JWKS fetches from a route's jwks_url, by route and result (ok, error: the previous keys stay)",
+        &["route", "result"]
+    )
+    .expect("register gateway_jwks_fetches_total"),
     banned_addresses: register_int_gauge_vec!(
         "gateway_auto_banned_addresses",
         "Addresses under a ban now, by scope",

@@ -597,7 +597,14 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            match jwt.verify(auth) {
+            let mut verdict = jwt.verify(auth);
+            if let (Err(e), Some((_, jwks))) = (&verdict, &route.jwks) {
+                // Keys from a URL may have rotated: fetch them again (rate-limited) and retry.
+                if jwt.refetch_may_help(e) && jwks.refetch().await {
+                    verdict = jwt.verify(auth);
+                }
+            }
+            match verdict {
                 Ok(claims) => ctx.claims = claims,
                 Err(e) => {
                     respond(session, ctx, e).await?;

@@ -7,6 +7,7 @@ use crate::config::{
     Config, CorsConfig, IpFilterConfig, JwtConfig, RateLimitConfig, RedisConfig, UpstreamConfig,
 };
 use crate::fanout::Aggregate;
+use crate::jwks::RemoteJwks;
 use crate::ratelimit::RouteLimit;
 use crate::router::Router;
 use crate::store::RedisStore;
@@ -44,7 +45,9 @@ pub struct Route {
     pub aggregate: Option<HeaderValue>,
     /// The route's path regex, for `{path.NAME}` in aggregate templates.
     pub path_regex: Option<regex::Regex>,
-    pub jwt: Option<JwtVerifier>,
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// With `keys.jwks_url`: where the keys come from, and the settings they were made with.
+    pub jwks: Option<(JwtConfig, Arc<RemoteJwks>)>,
     pub ip_filter: Option<IpFilter>,
     /// Bans earned by refusals on this route.
     pub autoban: Option<Arc<AutoBan>>,
@@ -220,6 +223,8 @@ impl Runtime {
                 }),
                 None => None,
             };
+            let (jwt_verifier, jwks) = route_jwt(r, previous)
+                .map_err(|(p, e)| format!("routes[{i}].plugins.jwt.{p}: {e}"))?;
             let h = &r.headers;
             routes.push(Route {
                 duration: crate::metrics::METRICS
@@ -237,12 +242,8 @@ impl Runtime {
                     ),
                     None => None,
                 },
-                jwt: match &r.plugins.jwt {
-                    Some(j) => {
-                        Some(jwt(j).map_err(|(p, e)| format!("routes[{i}].plugins.jwt.{p}: {e}"))?)
-                    }
-                    None => None,
-                },
+                jwt: jwt_verifier.clone(),
+                jwks,
                 ip_filter: match &r.plugins.ip_filter {
                     Some(f) => Some(
                         ip_filter(f)
@@ -374,6 +375,20 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
     let owned: Vec<u8>;
     let text: String;
     let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
+        (None, None, None) if k.jwks_url.is_some() => {
+            let url = k.jwks_url.as_deref().unwrap_or("");
+            crate::jwks::JwksUrl::parse(url).map_err(|e| ("keys.jwks_url".into(), e))?;
+            if let Some(ca) = &k.ca_file {
+                crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?;
+            }
+            KeySource::JwksLater
+        }
+        _ if k.jwks_url.is_some() => {
+            return Err((
+                "keys".into(),
+                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
+            ))
+        }
         (Some(var), None, None) => {
             owned = std::env::var(var)
                 .map_err(|_| {
@@ -402,7 +417,7 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
         _ => {
             return Err((
                 "keys".into(),
-                "set exactly one of secret_env, public_key_pem, jwks_file".into(),
+                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
             ))
         }
     };
@@ -423,6 +438,47 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
         },
     )
     .map_err(|e| (String::new(), e))
+}
+
+/// The route's JWT verifier. Keys from a URL are kept across a reload that leaves the
+/// `jwt` block as it was, so a reload never drops to an empty key set.
+#[allow(clippy::type_complexity)]
+fn route_jwt(
+    r: &crate::config::RouteConfig,
+    previous: Option<&Runtime>,
+) -> Result<
+    (
+        Option<Arc<JwtVerifier>>,
+        Option<(JwtConfig, Arc<RemoteJwks>)>,
+    ),
+    (String, String),
+> {
+    let Some(cfg) = &r.plugins.jwt else {
+        return Ok((None, None));
+    };
+    let Some(url) = &cfg.keys.jwks_url else {
+        return Ok((Some(Arc::new(jwt(cfg)?)), None));
+    };
+    let kept = previous
+        .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
+        .and_then(|old| Some((old.jwt.clone()?, old.jwks.clone()?)))
+        .filter(|(_, (old_cfg, _))| old_cfg == cfg);
+    if let Some((verifier, jwks)) = kept {
+        return Ok((Some(verifier), Some(jwks)));
+    }
+    let verifier = Arc::new(jwt(cfg)?);
+    let k = &cfg.keys;
+    let remote = RemoteJwks::new(
+        &r.name,
+        url,
+        verifier.clone(),
+        Duration::from_secs(k.refresh_secs.max(1)),
+        Duration::from_secs(k.refetch_min_secs),
+        Duration::from_millis(k.timeout_ms.max(1)),
+        k.ca_file.as_deref(),
+    )
+    .map_err(|e| ("keys.jwks_url".to_string(), e))?;
+    Ok((Some(verifier), Some((cfg.clone(), Arc::new(remote)))))
 }
 
 /// The route's limits; an entry the previous config had at the same place of the same route

@@ -24,6 +24,9 @@ pub enum KeySource<'a> {
     PublicPem(&'a [u8]),
     /// A JWKS document (`{"keys": [...]}`); tokens pick a key by `kid`.
     Jwks(&'a str),
+    /// A JWKS document fetched later (from a URL) and handed over with
+    /// [`JwtVerifier::replace_jwks`]; until then every token is refused.
+    JwksLater,
 }
 
 struct Key {
@@ -32,7 +35,10 @@ struct Key {
 }
 
 pub struct JwtVerifier {
-    keys: Vec<Key>,
+    /// Swapped whole when a fetched JWKS replaces it.
+    keys: arc_swap::ArcSwap<Vec<Key>>,
+    /// The key set comes from a URL: keys may be missing or rotated at any time.
+    remote: bool,
     /// One prepared validation per accepted algorithm.
     validations: HashMap<Algorithm, Validation>,
     optional: bool,
@@ -47,6 +53,30 @@ pub struct JwtSettings<'a> {
     pub optional: bool,
     /// claim name -> header sent upstream
     pub forward_claims: &'a [(String, String)],
+}
+
+enum SourceKind {
+    Now,
+    Later,
+}
+
+/// The usable keys of a JWKS document.
+fn jwks_keys(text: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| format!("keys[{i}] is not usable: {e}"))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no key".into());
+    }
+    Ok(keys)
 }
 
 fn invalid(reason: &str) -> GatewayError {
@@ -67,6 +97,10 @@ fn missing() -> GatewayError {
 
 impl JwtVerifier {
     pub fn new(keys: KeySource, s: &JwtSettings) -> Result<JwtVerifier, String> {
+        let keys_source_kind = match keys {
+            KeySource::JwksLater => SourceKind::Later,
+            _ => SourceKind::Now,
+        };
         let keys = match keys {
             KeySource::Secret(secret) => {
                 if secret.is_empty() {
@@ -84,24 +118,10 @@ impl JwtVerifier {
                     .map_err(|_| "not an RSA, EC or Ed25519 public key in PEM".to_string())?;
                 vec![Key { kid: None, key }]
             }
-            KeySource::Jwks(text) => {
-                let set: JwkSet =
-                    serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
-                let mut keys = Vec::new();
-                for (i, jwk) in set.keys.iter().enumerate() {
-                    let key = DecodingKey::from_jwk(jwk)
-                        .map_err(|e| format!("keys[{i}] is not usable: {e}"))?;
-                    keys.push(Key {
-                        kid: jwk.common.key_id.clone(),
-                        key,
-                    });
-                }
-                if keys.is_empty() {
-                    return Err("the JWKS holds no key".into());
-                }
-                keys
-            }
+            KeySource::Jwks(text) => jwks_keys(text)?,
+            KeySource::JwksLater => Vec::new(),
         };
+        let remote = matches!(keys_source_kind, SourceKind::Later);
         if s.algorithms.is_empty() {
             return Err("list the accepted algorithms".into());
         }
@@ -109,7 +129,7 @@ impl JwtVerifier {
         for name in s.algorithms {
             let alg =
                 Algorithm::from_str(name).map_err(|_| format!("unknown algorithm {name:?}"))?;
-            if !keys.iter().any(|k| k.key.family() == alg.family()) {
+            if !remote && !keys.iter().any(|k| k.key.family() == alg.family()) {
                 return Err(format!("no key can verify {name}"));
             }
             let mut v = Validation::new(alg);
@@ -133,7 +153,8 @@ impl JwtVerifier {
             ));
         }
         Ok(JwtVerifier {
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+            remote,
             validations,
             optional: s.optional,
             forward,
@@ -162,8 +183,8 @@ impl JwtVerifier {
             return Err(invalid("algorithm not accepted"));
         };
         let family = header.alg.family();
-        let candidates = self
-            .keys
+        let keys = self.keys.load();
+        let candidates = keys
             .iter()
             .filter(|k| k.key.family() == family)
             .filter(|k| match (&header.kid, &k.kid) {
@@ -205,6 +226,24 @@ impl JwtVerifier {
             }));
         }
         Err(invalid(last_error))
+    }
+
+    /// Replace the keys with those of a JWKS document; the number of keys taken.
+    pub fn replace_jwks(&self, text: &str) -> Result<usize, String> {
+        let keys = jwks_keys(text)?;
+        let n = keys.len();
+        self.keys.store(std::sync::Arc::new(keys));
+        Ok(n)
+    }
+
+    /// Whether fetching the key set again might make this refused token pass: its key id
+    /// is unknown (keys rotated), or no key is loaded yet.
+    pub fn refetch_may_help(&self, e: &GatewayError) -> bool {
+        self.remote
+            && matches!(
+                e.data.get("reason").and_then(Value::as_str),
+                Some("unknown key id" | "no key for this algorithm")
+            )
     }
 
     /// Headers to set upstream from the claims; every configured header is listed, with

@@ -319,3 +319,113 @@ aggregates:
     let (status, _, _) = get_json(&c, &gw.url("/me")).await;
     assert_eq!(status, 401, "the aggregate route is protected at the edge");
 }
+
+fn jwks_doc(keys: &[(&str, &EncodingKey)]) -> Vec<u8> {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, key)| {
+            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, Algorithm::RS256).unwrap();
+            jwk.common.key_id = Some(kid.to_string());
+            serde_json::to_value(jwk).unwrap()
+        })
+        .collect();
+    json!({ "keys": keys }).to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_is_fetched_refreshed_and_refetched_for_an_unknown_kid() {
+    let u = Upstream::start("u").await;
+    let mut idp = Upstream::start("idp").await;
+    let s = Setup::new();
+    let dir = s.dir.path().to_path_buf();
+    let mut keys = Vec::new();
+    for name in ["k1", "k2", "k3"] {
+        let (private, _) = keypair(
+            &dir,
+            name,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        );
+        keys.push(EncodingKey::from_rsa_pem(&private).unwrap());
+    }
+    idp.set_body(&jwks_doc(&[("k1", &keys[0])]));
+    let yaml = format!(
+        r#"{server}upstreams:
+  u: {{ targets: [{{ addr: "{up}" }}] }}
+routes:
+  - name: refetch
+    match: {{ path: {{ prefix: /a }} }}
+    upstream: u
+    plugins:
+      jwt:
+        algorithms: [RS256]
+        keys: {{ jwks_url: "http://{idp}/.well-known/jwks.json", refresh_secs: 300, refetch_min_secs: 1, timeout_ms: 300 }}
+  - name: refresh
+    match: {{ path: {{ prefix: /b }} }}
+    upstream: u
+    plugins:
+      jwt:
+        algorithms: [RS256]
+        keys: {{ jwks_url: "http://{idp}/.well-known/jwks.json", refresh_secs: 1, refetch_min_secs: 300 }}
+"#,
+        server = s.server_yaml(),
+        up = u.addr,
+        idp = idp.addr,
+    );
+    let gw = s.start(&yaml);
+    let c = client();
+    let token = |i: usize| {
+        sign(
+            Algorithm::RS256,
+            &keys[i],
+            Some(&format!("k{}", i + 1)),
+            &claims(),
+        )
+    };
+    // Fetched in the background at start.
+    let t = Instant::now();
+    while call(&c, &gw.url("/a"), Some(&token(0))).await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(3), "keys never fetched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idp.last().unwrap().uri, "/.well-known/jwks.json");
+
+    // The issuer rotates k2 in. A token with k2 makes route `refetch` fetch again.
+    idp.set_body(&jwks_doc(&[("k1", &keys[0]), ("k2", &keys[1])]));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = idp.requests();
+    let (status, _, body) = call(&c, &gw.url("/a"), Some(&token(1))).await;
+    assert_eq!(status, 200, "{body}");
+    // Unknown ids cannot make it fetch more than once per refetch_min_secs.
+    for _ in 0..5 {
+        let (status, h, body) = call(&c, &gw.url("/a"), Some(&token(2))).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["data"]["reason"], "unknown key id");
+        assert_eq!(h["www-authenticate"], "Bearer error=\"invalid_token\"");
+    }
+    let fetches = idp.requests() - before;
+    // Route `refresh` polls every second on its own; allow for one of its fetches.
+    assert!((1..=3).contains(&fetches), "{fetches} fetches");
+
+    // Route `refresh` picks rotations up by itself.
+    let t = Instant::now();
+    while call(&c, &gw.url("/b"), Some(&token(1))).await.0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "refresh did not pick k2 up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The key server goes away: the loaded keys stay, unknown ids fail fast.
+    idp.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call(&c, &gw.url("/a"), Some(&token(1))).await.0, 200);
+    let t = Instant::now();
+    assert_eq!(call(&c, &gw.url("/a"), Some(&token(2))).await.0, 401);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("gateway_jwks_fetches_total{result=\"error\",route=\"refetch\"}"),
+        "{m}"
+    );
+}

@@ -185,8 +185,8 @@ fn default_leeway() -> u64 {
     30
 }
 
-/// Exactly one of the three.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// Exactly one of `secret_env`, `public_key_pem`, `jwks_file`, `jwks_url`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtKeysConfig {
     /// Environment variable holding the HMAC secret.
@@ -198,6 +198,33 @@ pub struct JwtKeysConfig {
     /// JWKS file; read again on every reload.
     #[serde(default)]
     pub jwks_file: Option<String>,
+    /// JWKS URL (`http://` or `https://`), fetched in the background every `refresh_secs`
+    /// and again when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_secs: u64,
+    /// Fetches for unknown key ids are at least this far apart.
+    #[serde(default = "default_jwks_refetch")]
+    pub refetch_min_secs: u64,
+    /// Bound on one fetch.
+    #[serde(default = "default_jwks_timeout")]
+    pub timeout_ms: u64,
+    /// CA bundle (PEM) for an `https://` JWKS URL; default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+fn default_jwks_refetch() -> u64 {
+    10
+}
+
+fn default_jwks_timeout() -> u64 {
+    2000
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

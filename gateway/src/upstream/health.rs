@@ -1,4 +1,5 @@
-//! The background service that runs active health checks and DNS discovery refreshes.
+//! The background service that runs active health checks, DNS discovery refreshes and
+//! JWKS refreshes.
 //!
 //! It reads the current [`Runtime`] on every tick, so upstreams that a reload adds or
 //! removes are picked up without restarting anything. Each upstream is probed at its own
@@ -35,6 +36,12 @@ impl BackgroundService for HealthService {
             }
             let now_ms = epoch.elapsed().as_millis() as u64;
             let rt = self.runtime.load();
+            for (_, jwks) in rt.routes.iter().filter_map(|r| r.jwks.as_ref()) {
+                if jwks.refresh_due(now_ms) {
+                    let jwks = jwks.clone();
+                    tokio::spawn(async move { jwks.refresh().await });
+                }
+            }
             for up in rt.upstreams.values() {
                 if up.refresh_due(now_ms) {
                     let up = up.clone();

@@ -1,0 +1,251 @@
+//! JWT keys from a JWKS URL: fetched in the background every `refresh_secs`, and again,
+//! at most once per `refetch_min_secs`, when a token names a key id the set does not hold
+//! (the issuer rotated its keys). A failed fetch keeps the keys already loaded.
+
+use crate::metrics::METRICS;
+use crate::upstream::load_ca;
+use bytes::BytesMut;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::tls::CaType;
+use pingora::upstreams::peer::HttpPeer;
+use plugins::jwt::JwtVerifier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A JWKS document larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// `http://host[:port]/path` or `https://...`, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query.
+    pub target: String,
+}
+
+impl JwksUrl {
+    pub fn parse(url: &str) -> Result<JwksUrl, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?}: the scheme must be http or https")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{url:?} names no host"))?;
+        Ok(JwksUrl {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            target: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+        })
+    }
+}
+
+pub struct RemoteJwks {
+    pub url: JwksUrl,
+    route: String,
+    verifier: Arc<JwtVerifier>,
+    refresh: Duration,
+    refetch_min: Duration,
+    timeout: Duration,
+    ca: Option<Arc<CaType>>,
+    connector: Connector,
+    /// Milliseconds (on the caller's clock) of the next background refresh.
+    next_refresh_ms: AtomicU64,
+    /// Milliseconds since the process started of the last fetch that was tried; 0: never.
+    last_fetch_ms: AtomicU64,
+    fetching: AtomicBool,
+    /// One fetch at a time; requests waiting for a refetch share it.
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    crate::runtime::uptime().as_millis() as u64
+}
+
+impl RemoteJwks {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        route: &str,
+        url: &str,
+        verifier: Arc<JwtVerifier>,
+        refresh: Duration,
+        refetch_min: Duration,
+        timeout: Duration,
+        ca_file: Option<&str>,
+    ) -> Result<RemoteJwks, String> {
+        Ok(RemoteJwks {
+            url: JwksUrl::parse(url)?,
+            route: route.to_string(),
+            verifier,
+            refresh,
+            refetch_min,
+            timeout,
+            ca: ca_file.map(load_ca).transpose()?,
+            connector: Connector::new(None),
+            next_refresh_ms: AtomicU64::new(0),
+            last_fetch_ms: AtomicU64::new(0),
+            fetching: AtomicBool::new(false),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether a background refresh is due at `now_ms` (the caller's clock); when it is,
+    /// the next one is scheduled at once so it is not started twice.
+    pub fn refresh_due(&self, now_ms: u64) -> bool {
+        let next = self.next_refresh_ms.load(Ordering::Relaxed);
+        if now_ms < next || self.fetching.load(Ordering::Relaxed) {
+            return false;
+        }
+        let after = now_ms + self.refresh.as_millis() as u64;
+        self.next_refresh_ms
+            .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Fetch the key set and put it in place; the keys stay as they were on failure.
+    pub async fn refresh(&self) {
+        let _one = self.lock.lock().await;
+        self.fetch_now().await;
+    }
+
+    /// A token named a key this set does not hold: fetch again unless a fetch was tried
+    /// within `refetch_min_secs`. True when a fetch happened (by this call or one it
+    /// waited for), so verifying again may now pass.
+    pub async fn refetch(&self) -> bool {
+        let asked = now_ms();
+        let recent = |last: u64| {
+            last != 0 && asked.saturating_sub(last) < self.refetch_min.as_millis() as u64
+        };
+        if recent(self.last_fetch_ms.load(Ordering::Relaxed)) {
+            return false;
+        }
+        let _one = self.lock.lock().await;
+        // Someone fetched while this request waited for the lock: use that.
+        if self.last_fetch_ms.load(Ordering::Relaxed) >= asked {
+            return true;
+        }
+        if recent(self.last_fetch_ms.load(Ordering::Relaxed)) {
+            return false;
+        }
+        self.fetch_now().await
+    }
+
+    async fn fetch_now(&self) -> bool {
+        self.fetching.store(true, Ordering::Relaxed);
+        self.last_fetch_ms.store(now_ms().max(1), Ordering::Relaxed);
+        let result = match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(Ok(text)) => self.verifier.replace_jwks(&text),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        self.fetching.store(false, Ordering::Relaxed);
+        let label = match &result {
+            Ok(n) => {
+                log::info!("route {}: {n} keys from {}", self.route, self.url.host);
+                "ok"
+            }
+            Err(e) => {
+                log::warn!(
+                    "route {}: JWKS from {}{} not loaded, the previous keys stay: {e}",
+                    self.route,
+                    self.url.host,
+                    self.url.target
+                );
+                "error"
+            }
+        };
+        METRICS
+            .jwks_fetches
+            .with_label_values(&[self.route.as_str(), label])
+            .inc();
+        result.is_ok()
+    }
+
+    async fn fetch(&self) -> Result<String, String> {
+        let u = &self.url;
+        let addr = tokio::net::lookup_host((u.host.as_str(), u.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", u.host))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", u.host))?;
+        let mut peer = HttpPeer::new(addr, u.tls, u.host.clone());
+        peer.options.connection_timeout = Some(self.timeout);
+        peer.options.read_timeout = Some(self.timeout);
+        peer.options.ca = self.ca.clone();
+        let (mut session, _) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req =
+            RequestHeader::build("GET", u.target.as_bytes(), None).map_err(|e| e.to_string())?;
+        let host = if (u.tls && u.port == 443) || (!u.tls && u.port == 80) {
+            u.host.clone()
+        } else {
+            format!("{}:{}", u.host, u.port)
+        };
+        req.insert_header(http::header::HOST, host)
+            .map_err(|e| e.to_string())?;
+        req.insert_header(http::header::ACCEPT, "application/json")
+            .map_err(|e| e.to_string())?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        if status != 200 {
+            return Err(format!("status {status}"));
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_JWKS_BYTES {
+                return Err("document larger than 1 MiB".into());
+            }
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JwksUrl;
+
+    #[test]
+    fn urls() {
+        let u = JwksUrl::parse("https://auth.example.com/.well-known/jwks.json?x=1").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.target.as_str()),
+            (true, "auth.example.com", 443, "/.well-known/jwks.json?x=1")
+        );
+        let u = JwksUrl::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!((u.tls, u.port, u.target.as_str()), (false, 8000, "/"));
+        assert!(JwksUrl::parse("ftp://x/keys").is_err());
+        assert!(JwksUrl::parse("/keys").is_err());
+    }
+}
