@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run test check fmt bench bench-router upgrade deps deps-run deps-test deps-bench clean
+.PHONY: all build release run test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean
 
 all: build
 
@@ -46,6 +46,29 @@ test: build deps-test
 	promtool check rules conf/alerts.yml
 	promtool test rules conf/alerts.test.yml
 	$(MAKE) check
+	$(MAKE) fuzz-smoke
+
+# cargo-fuzz runs libFuzzer on the stable toolchain with RUSTC_BOOTSTRAP (its -Z flags) and
+# no sanitizer. Corpora grow in fuzz/corpus/ (not committed); fuzz/seeds/ and conf/ seed them.
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_TARGETS := config request
+FUZZ_SECS ?= 300
+
+deps-fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+# The shipped configs seed the config target; fuzz/seeds/ the others.
+FUZZ_EACH = cd fuzz && for t in $(FUZZ_TARGETS); do mkdir -p corpus/$$t && \
+	seeds=$$( [ $$t = config ] && echo ../conf ../conf/examples || echo seeds/$$t ) && \
+	$(FUZZ) run $(1) -s none $$t corpus/$$t $$seeds -- -max_total_time=$(2) || exit 1; done
+
+# A short run of every target (part of `make test`): unoptimized build, 15 s each.
+fuzz-smoke: deps-fuzz
+	$(call FUZZ_EACH,--dev,15)
+
+# Longer runs, optimized: `make fuzz FUZZ_SECS=3600`.
+fuzz: deps-fuzz
+	$(call FUZZ_EACH,,$(FUZZ_SECS))
 
 check:
 	$(CARGO) fmt --all -- --check
