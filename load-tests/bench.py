@@ -1,17 +1,30 @@
 #!/usr/bin/env python3
-"""Gateway against nginx as a reverse proxy in front of the same upstream.
+"""The gateway against nginx and a bare Pingora proxy, in front of the same upstream.
 
-Both proxies run with one worker pinned to core 0; the upstream (nginx answering a fixed
-body) and wrk share core 1. Rounds alternate gateway / nginx so that drift of the machine
-hits both alike. For each round it reports requests/s, p50 and p99 latency, the proxy's CPU
-microseconds per request (user+system CPU time over the run / requests: valid even when
-wrk, not the proxy, is the bottleneck) and its peak resident memory; then the medians and
-the ratios gateway/nginx.
+Each proxy runs one worker pinned to core 0; the upstream (nginx answering a fixed body) and
+wrk share core 1. Four subjects, in rounds whose order alternates so that drift of the
+machine hits all alike:
+
+  nginx     nginx as a reverse proxy (keep-alive upstream)
+  pingora   a bare Pingora proxy (load-tests/bare-pingora): the floor our code adds to
+  plain     the gateway, a plain prefix route
+  chain     the same gateway process, a route with the full policy chain: JWT (HS256),
+            two rate limits (sliding window and token bucket, never reached), an upstream
+            with a circuit breaker and retries, metrics; access log off
+
+For each round: requests/s, p50 and p99 latency, the proxy's CPU microseconds per request
+(user+system CPU time over the run / requests: valid even when wrk, not the proxy, is the
+bottleneck) and its peak resident memory; then medians and the ratios.
 
 Environment: ROUNDS (3), DURATION seconds per round (10), CONNECTIONS (50),
-GATEWAY_BIN (target/release/gateway). Everything listens on 127.0.0.1 only.
+GATEWAY_BIN (target/release/gateway), PINGORA_BIN (target/release/bare-pingora).
+Everything listens on 127.0.0.1 only.
 """
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import re
 import shutil
@@ -28,6 +41,8 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 GATEWAY_BIN = os.environ.get("GATEWAY_BIN", os.path.join(ROOT, "target/release/gateway"))
+PINGORA_BIN = os.environ.get("PINGORA_BIN", os.path.join(ROOT, "target/release/bare-pingora"))
+JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -148,19 +163,41 @@ server:
 upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
+  guarded:
+    targets: [{{ addr: "127.0.0.1:{up}" }}]
+    circuit_breaker: {{ consecutive_failures: 5, failure_rate: 0.5, window_secs: 10, min_requests: 20 }}
+    retry: {{ attempts: 2, on: [connect_failure, timeout, 502, 503] }}
 routes:
+  - name: chain
+    match: {{ path: {{ prefix: /chain }} }}
+    upstream: guarded
+    plugins:
+      jwt: {{ algorithms: [HS256], keys: {{ secret_env: BENCH_JWT_SECRET }}, forward_claims: {{ sub: X-User-Id }} }}
+      rate_limit:
+        - {{ algorithm: sliding_window, key: ip, limit: 100000000 }}
+        - {{ algorithm: token_bucket, key: "claim:sub", limit: 100000000 }}
   - name: plain
     match: {{ path: {{ prefix: / }} }}
     upstream: up
 """
 
 
-def wrk(port):
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency",
-         f"http://127.0.0.1:{port}/bench"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+def jwt_token():
+    """An HS256 token for the chain route, valid for a day."""
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+    sig = b64(hmac.new(JWT_SECRET.encode(), head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def wrk(port, path="/bench", headers=()):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, check=True).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -177,9 +214,9 @@ def wrk(port):
     }
 
 
-def measure(port, pids):
+def measure(port, pids, path="/bench", headers=()):
     before = cpu_ticks(pids)
-    r = wrk(port)
+    r = wrk(port, path, headers)
     used = cpu_ticks(pids) - before
     r["cpu_us_per_req"] = used / CLK_TCK * 1e6 / max(r["requests"], 1)
     r["peak_rss_mib"] = peak_rss_kib(pids) / 1024
@@ -190,10 +227,11 @@ def main():
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run `make bench`, which installs it")
-    if not os.path.exists(GATEWAY_BIN):
-        sys.exit(f"{GATEWAY_BIN} missing: run `make release`")
+    for b in (GATEWAY_BIN, PINGORA_BIN):
+        if not os.path.exists(b):
+            sys.exit(f"{b} missing: run `make release`")
     d = tempfile.mkdtemp(prefix="gw-bench-")
-    up, nport, gport = free_port(), free_port(), free_port()
+    up, nport, gport, pport = free_port(), free_port(), free_port(), free_port()
     procs = []
     try:
         procs.append(nginx(upstream_conf(d, up), d, "upstream"))
@@ -203,28 +241,42 @@ def main():
         wait_port(nport)
         with open(os.path.join(d, "gateway.yaml"), "w") as f:
             f.write(gateway_conf(d, gport, up))
+        quiet = {**os.environ, "RUST_LOG": "error", "BENCH_JWT_SECRET": JWT_SECRET}
         gw = subprocess.Popen(
             ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(d, "gateway.yaml")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gateway.err"), "w"),
-            env={**os.environ, "RUST_LOG": "error"},
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gateway.err"), "w"), env=quiet,
         )
         procs.append(gw)
+        bare = subprocess.Popen(
+            ["taskset", "-c", "0", PINGORA_BIN, f"127.0.0.1:{pport}", f"127.0.0.1:{up}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet,
+        )
+        procs.append(bare)
         wait_port(gport)
+        wait_port(pport)
         nginx_pids = [nx.pid] + children(nx.pid)
-        subjects = [("gateway", gport, [gw.pid]), ("nginx", nport, nginx_pids)]
-        # Warm both up: connection pools, caches, page faults.
-        for _, port, _ in subjects:
-            subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c10", "-d2s", f"http://127.0.0.1:{port}/"],
-                           capture_output=True)
-        results = {name: [] for name, _, _ in subjects}
+        auth = (f"Authorization: Bearer {jwt_token()}",)
+        subjects = [
+            ("nginx", nport, nginx_pids, "/bench", ()),
+            ("pingora", pport, [bare.pid], "/bench", ()),
+            ("plain", gport, [gw.pid], "/bench", ()),
+            ("chain", gport, [gw.pid], "/chain", auth),
+        ]
+        # Warm every subject up: connection pools, caches, page faults.
+        for _, port, _, path, headers in subjects:
+            cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c10", "-d2s"]
+            for h in headers:
+                cmd += ["-H", h]
+            subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True)
+        results = {s[0]: [] for s in subjects}
         print(f"{ROUNDS} rounds x {DURATION}s, {CONNECTIONS} keep-alive connections, proxy on core 0, "
               f"upstream nginx and wrk on core 1")
         print(f"{'round':>5} {'proxy':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
               f"{'peak MiB':>9} {'errors':>7}")
         for i in range(ROUNDS):
             order = subjects if i % 2 == 0 else list(reversed(subjects))
-            for name, port, pids in order:
-                r = measure(port, pids)
+            for name, port, pids, path, headers in order:
+                r = measure(port, pids, path, headers)
                 results[name].append(r)
                 print(f"{i + 1:>5} {name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
                       f"{r['cpu_us_per_req']:>11.2f} {r['peak_rss_mib']:>9.1f} {r['errors']:>7} {r['socket_errors']}")
@@ -234,19 +286,21 @@ def main():
         for n, m in med.items():
             print(f"  {n:<8} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
                   f"{m['cpu_us_per_req']:.2f} CPU us/req")
-        g, x = med["gateway"], med["nginx"]
-        print("\nratios gateway/nginx")
-        print(f"  requests/s      {g['rps'] / x['rps']:.2f}")
-        print(f"  CPU us/request  {g['cpu_us_per_req'] / x['cpu_us_per_req']:.2f}   (below 1.00: gateway is cheaper)")
-        print(f"  p99 latency     {g['p99_ms'] / x['p99_ms']:.2f}")
+        cpu = {n: m["cpu_us_per_req"] for n, m in med.items()}
+        print("\nCPU per request, ratios (goal in brackets)")
+        print(f"  pingora / nginx   {cpu['pingora'] / cpu['nginx']:.2f}")
+        print(f"  plain / pingora   {cpu['plain'] / cpu['pingora']:.2f}   (<= 1.05)")
+        print(f"  chain / plain     {cpu['chain'] / cpu['plain']:.2f}   (<= 1.15)")
+        print(f"  plain / nginx     {cpu['plain'] / cpu['nginx']:.2f}   (<= 1.00)")
+        print(f"  requests/s plain / nginx  {med['plain']['rps'] / med['nginx']['rps']:.2f}")
         failed = sum(r["errors"] for rs in results.values() for r in rs)
         if failed:
             print(f"\n{failed} non-2xx responses during the run")
             return 1
         return 0
     finally:
-        # nginx stops gracefully on SIGQUIT, the gateway at once on SIGINT.
-        stop_all(procs, d, lambda p: signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
+        # nginx stops gracefully on SIGQUIT, the Pingora processes at once on SIGINT.
+        stop_all(procs, d, lambda p: signal.SIGQUIT if p.args[-2] == "-p" else signal.SIGINT)
 
 
 if __name__ == "__main__":

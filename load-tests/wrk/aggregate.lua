@@ -1,0 +1,3 @@
+-- The aggregate route: three backends called in parallel and merged.
+dofile("load-tests/wrk/lib.lua")
+wrk.path = "/api/home/42?lang=en"
