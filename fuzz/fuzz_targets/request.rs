@@ -41,6 +41,7 @@ static VERIFIERS: LazyLock<Vec<JwtVerifier>> = LazyLock::new(|| {
         leeway_secs: 30,
         optional: false,
         forward_claims: &forward,
+        cache_size: 16,
     };
     static HS: LazyLock<Vec<String>> = LazyLock::new(|| vec!["HS256".into()]);
     static RS: LazyLock<Vec<String>> = LazyLock::new(|| vec!["RS256".into(), "PS256".into()]);

@@ -124,44 +124,54 @@ fn field_byte(maybe: &mut bool, name: &[u8], col: usize, b: u8, count: &mut u8) 
 }
 
 impl HeadEnd {
-    /// Whether `data` holds the end of the head.
+    /// Whether `data` holds the end of the head. Jumps from line end to line end; only the
+    /// first bytes of a line are looked at, for the framing fields.
     fn feed(&mut self, data: &[u8]) -> bool {
-        for &b in data {
-            match b {
-                b'\n' => {
-                    if self.seen_text && self.line_empty {
-                        return true;
-                    }
-                    self.line_empty = true;
-                    self.col = 0;
-                    self.maybe_cl = self.seen_text;
-                    self.maybe_te = self.seen_text;
-                }
-                _ => {
-                    if b != b'\r' {
-                        self.seen_text = true;
-                        self.line_empty = false;
-                    }
-                    let f = &mut self.framing;
-                    field_byte(
-                        &mut self.maybe_cl,
-                        CONTENT_LENGTH,
-                        self.col,
-                        b,
-                        &mut f.content_length,
-                    );
-                    field_byte(
-                        &mut self.maybe_te,
-                        TRANSFER_ENCODING,
-                        self.col,
-                        b,
-                        &mut f.transfer_encoding,
-                    );
-                    self.col += 1;
-                }
+        let mut rest = data;
+        loop {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                self.text(rest);
+                return false;
+            };
+            self.text(&rest[..i]);
+            if self.seen_text && self.line_empty {
+                return true;
             }
+            self.line_empty = true;
+            self.col = 0;
+            self.maybe_cl = self.seen_text;
+            self.maybe_te = self.seen_text;
+            rest = &rest[i + 1..];
         }
-        false
+    }
+
+    /// A piece of a line (no line feed in it).
+    fn text(&mut self, seg: &[u8]) {
+        if seg.iter().any(|b| *b != b'\r') {
+            self.seen_text = true;
+            self.line_empty = false;
+        }
+        for &b in seg {
+            if !(self.maybe_cl || self.maybe_te) {
+                break;
+            }
+            let f = &mut self.framing;
+            field_byte(
+                &mut self.maybe_cl,
+                CONTENT_LENGTH,
+                self.col,
+                b,
+                &mut f.content_length,
+            );
+            field_byte(
+                &mut self.maybe_te,
+                TRANSFER_ENCODING,
+                self.col,
+                b,
+                &mut f.transfer_encoding,
+            );
+            self.col += 1;
+        }
     }
 }
 

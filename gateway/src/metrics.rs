@@ -5,8 +5,8 @@
 use crate::runtime::Runtime;
 use pingora_prometheus::prometheus::{
     self, register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    TextEncoder,
+    register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -156,19 +156,74 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 }
 });
 
-/// The method label: common methods by name, anything else as OTHER.
-pub fn method_label(m: &http::Method) -> &'static str {
+const METHOD_LABELS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
+
+fn method_index(m: &http::Method) -> usize {
     match *m {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::PATCH => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
     }
 }
+
+/// Statuses whose `gateway_requests_total` series a route keeps at hand.
+const COMMON_STATUSES: [u16; 20] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 429, 431, 500, 502, 503,
+    504,
+];
+
+/// A route's `gateway_requests_total` series, looked up once each instead of per request
+/// (a label lookup hashes three strings under a lock). Allocated on the route's first request.
+pub struct RequestCounters {
+    route: String,
+    cells: std::sync::OnceLock<Box<[std::sync::OnceLock<IntCounter>]>>,
+}
+
+impl RequestCounters {
+    pub fn new(route: &str) -> Self {
+        RequestCounters {
+            route: route.to_string(),
+            cells: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn count(&self, method: &http::Method, status: u16) {
+        let m = method_index(method);
+        let Some(s) = COMMON_STATUSES.iter().position(|c| *c == status) else {
+            let mut code = itoa::Buffer::new();
+            METRICS
+                .requests
+                .with_label_values(&[self.route.as_str(), METHOD_LABELS[m], code.format(status)])
+                .inc();
+            return;
+        };
+        let cells = self.cells.get_or_init(|| {
+            (0..METHOD_LABELS.len() * COMMON_STATUSES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        cells[m * COMMON_STATUSES.len() + s]
+            .get_or_init(|| {
+                let mut code = itoa::Buffer::new();
+                METRICS.requests.with_label_values(&[
+                    self.route.as_str(),
+                    METHOD_LABELS[m],
+                    code.format(status),
+                ])
+            })
+            .inc();
+    }
+}
+
+/// The series of requests that matched no route.
+pub static NO_ROUTE: LazyLock<RequestCounters> = LazyLock::new(|| RequestCounters::new("-"));
 
 /// Refresh the gauges that mirror live state, then render every metric as Prometheus text.
 pub fn render(rt: &Runtime, access_log_dropped: u64) -> (Vec<u8>, String) {

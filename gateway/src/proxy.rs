@@ -5,7 +5,7 @@
 use crate::access_log::{AccessLog, Entry};
 use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
 use crate::guard::Framing;
-use crate::metrics::{method_label, METRICS};
+use crate::metrics::METRICS;
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::ratelimit;
 use crate::router::RequestView;
@@ -37,8 +37,6 @@ use std::time::{Duration, Instant};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -90,7 +88,7 @@ pub struct Ctx {
     /// The request's Origin, when the route's CORS policy allows it.
     cors_origin: Option<HeaderValue>,
     /// Claims of the verified JWT.
-    claims: Option<serde_json::Value>,
+    claims: Option<Arc<serde_json::Value>>,
     /// Request body bytes received so far.
     body_bytes: u64,
     /// Refused for a ban already in force (does not count toward another).
@@ -253,7 +251,7 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     let mut resp = ResponseHeader::build(err.status, Some(4 + err.headers.len()))?;
     resp.insert_header(CONTENT_TYPE, JSON.clone())?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     let quota = ctx.quota.filter(|_| err.status != 429);
     for (name, value) in err
         .headers
@@ -393,7 +391,7 @@ async fn answer_preflight(
     for (name, value) in headers {
         resp.insert_header(name, value)?;
     }
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     if request_has_body(session.req_header()) {
         session.set_keepalive(None);
     }
@@ -617,7 +615,7 @@ impl ProxyHttp for Gateway {
             let keys = RequestKeys {
                 ip: ctx.client_ip,
                 headers: &session.req_header().headers,
-                claims: ctx.claims.as_ref(),
+                claims: ctx.claims.as_deref(),
             };
             let store = rt.redis.as_ref().map(|(_, s)| &**s);
             match ratelimit::check(&rt.routes[idx].limits, store, &keys).await {
@@ -799,39 +797,40 @@ impl ProxyHttp for Gateway {
             upstream_request.set_uri(uri);
         }
 
+        // Header names as static strings: Pingora keeps their case as given, without
+        // copying them (it copies the text of a HeaderName that is not a standard one).
         if let Some(ip) = client_ip(session) {
-            let ip = ip.to_string();
-            let xff = match upstream_request.headers.get(&X_FORWARDED_FOR) {
-                Some(prev) => {
-                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.as_bytes());
-                    HeaderValue::from_bytes(&v).ok()
-                }
-                None => HeaderValue::from_str(&ip).ok(),
-            };
-            if let Some(xff) = xff {
-                upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            use std::io::Write;
+            let prev = upstream_request.headers.get(&X_FORWARDED_FOR);
+            let mut v = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+            if let Some(prev) = prev {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            let _ = write!(v, "{ip}");
+            if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                upstream_request.insert_header("x-forwarded-for", xff)?;
             }
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream_request.insert_header(
-            X_FORWARDED_PROTO.clone(),
-            if tls { "https" } else { "http" },
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
         )?;
         let host = authority
             .as_ref()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| session.req_header().headers.get(HOST).cloned());
         if let Some(h) = host {
-            upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?;
+            upstream_request.insert_header("x-forwarded-host", h)?;
         }
-        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.clone())?;
         // Only the proxy names the aggregate, route and claims to the fan-out service.
-        upstream_request.remove_header(&X_AGGREGATE);
-        upstream_request.remove_header(&X_ROUTE);
-        upstream_request.remove_header(&X_CLAIMS);
+        for name in [&X_AGGREGATE, &X_ROUTE, &X_CLAIMS] {
+            if upstream_request.headers.contains_key(name) {
+                upstream_request.remove_header(name);
+            }
+        }
         if let Some(agg) = &route.aggregate {
             upstream_request.insert_header(X_AGGREGATE.clone(), agg.clone())?;
             upstream_request.insert_header(X_ROUTE.clone(), route.name.as_str())?;
@@ -843,7 +842,7 @@ impl ProxyHttp for Gateway {
         }
         // Forwarded claims: a client-sent header of the same name never passes.
         if let Some(jwt) = &route.jwt {
-            for (name, value) in jwt.forwarded(ctx.claims.as_ref()) {
+            for (name, value) in jwt.forwarded(ctx.claims.as_deref()) {
                 upstream_request.remove_header(name);
                 if let Some(v) = value {
                     upstream_request.insert_header(name.clone(), v)?;
@@ -859,7 +858,7 @@ impl ProxyHttp for Gateway {
         tp[52] = b'-';
         tp[53..55].copy_from_slice(&ctx.trace_flags);
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
-            upstream_request.insert_header(TRACEPARENT.clone(), v)?;
+            upstream_request.insert_header("traceparent", v)?;
         }
 
         route
@@ -910,11 +909,11 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header(name, value)?;
         }
         if let Some(q) = &ctx.quota {
-            for (name, value) in q.headers() {
+            for (name, value) in q.header_fields() {
                 upstream_response.insert_header(name, value)?;
             }
         }
-        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -1042,11 +1041,9 @@ impl ProxyHttp for Gateway {
             }
         }
         let route_label = ctx.route().map_or("-", |r| r.name.as_str());
-        let mut code = itoa::Buffer::new();
-        METRICS
-            .requests
-            .with_label_values(&[route_label, method_label(&req.method), code.format(status)])
-            .inc();
+        ctx.route()
+            .map_or(&*crate::metrics::NO_ROUTE, |r| &r.requests)
+            .count(&req.method, status);
         let elapsed = ctx.start.elapsed().as_secs_f64();
         match ctx.route() {
             Some(r) => r.duration.observe(elapsed),

@@ -34,6 +34,8 @@ pub struct Route {
     pub name: String,
     /// This route's `gateway_request_duration_seconds` series, looked up once.
     pub duration: pingora_prometheus::prometheus::Histogram,
+    /// This route's `gateway_requests_total` series.
+    pub requests: crate::metrics::RequestCounters,
     /// The upstreams serving the route with the end of each one's weight range; a route
     /// with a plain `upstream` has one arm.
     pub arms: Vec<(Arc<Upstream>, u32)>,
@@ -230,6 +232,7 @@ impl Runtime {
                 duration: crate::metrics::METRICS
                     .request_duration
                     .with_label_values(&[r.name.as_str()]),
+                requests: crate::metrics::RequestCounters::new(&r.name),
                 name: r.name.clone(),
                 arms,
                 total_weight,
@@ -435,6 +438,7 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
             leeway_secs: cfg.leeway_secs,
             optional: cfg.optional,
             forward_claims: &forward,
+            cache_size: cfg.cache_tokens,
         },
     )
     .map_err(|e| (String::new(), e))

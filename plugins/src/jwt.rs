@@ -12,6 +12,12 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// One fixed hasher for the token cache.
+static CACHE_HASHER: LazyLock<foldhash::fast::RandomState> =
+    LazyLock::new(foldhash::fast::RandomState::default);
 
 /// Tokens longer than this are refused without being parsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -34,9 +40,27 @@ struct Key {
     key: DecodingKey,
 }
 
+/// A token that passed verification, with what it takes to accept it again.
+struct Verified {
+    token: Box<[u8]>,
+    claims: Arc<Value>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    keys_generation: u64,
+}
+
+/// Tokens longer than this are verified every time, not cached.
+const MAX_CACHED_TOKEN: usize = 2048;
+
 pub struct JwtVerifier {
     /// Swapped whole when a fetched JWKS replaces it.
     keys: arc_swap::ArcSwap<Vec<Key>>,
+    /// Bumped when the keys change, which voids every cached verification.
+    keys_generation: AtomicU64,
+    /// Tokens verified lately, so a client's next request with the same token skips the
+    /// signature check; `exp` and `nbf` are still checked on every use.
+    cache: Box<[Mutex<Option<Verified>>]>,
+    leeway: u64,
     /// The key set comes from a URL: keys may be missing or rotated at any time.
     remote: bool,
     /// One prepared validation per accepted algorithm.
@@ -53,6 +77,8 @@ pub struct JwtSettings<'a> {
     pub optional: bool,
     /// claim name -> header sent upstream
     pub forward_claims: &'a [(String, String)],
+    /// Verified tokens remembered (0: none).
+    pub cache_size: usize,
 }
 
 enum SourceKind {
@@ -154,6 +180,9 @@ impl JwtVerifier {
         }
         Ok(JwtVerifier {
             keys: arc_swap::ArcSwap::from_pointee(keys),
+            keys_generation: AtomicU64::new(0),
+            cache: (0..s.cache_size).map(|_| Mutex::new(None)).collect(),
+            leeway: s.leeway_secs,
             remote,
             validations,
             optional: s.optional,
@@ -162,7 +191,7 @@ impl JwtVerifier {
     }
 
     /// Check the `Authorization` header. `Ok(None)`: no token and none required.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<Option<Value>, GatewayError> {
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<Option<Arc<Value>>, GatewayError> {
         let Some(value) = authorization else {
             return if self.optional {
                 Ok(None)
@@ -178,6 +207,51 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid("token too large"));
         }
+        let slot = self.slot(token);
+        let generation = self.keys_generation.load(Ordering::Acquire);
+        if let Some(slot) = slot {
+            let cached = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = cached.as_ref() {
+                if v.keys_generation == generation && *v.token == *token && self.in_time(v) {
+                    return Ok(Some(v.claims.clone()));
+                }
+            }
+        }
+        let claims = Arc::new(self.verify_token(token)?);
+        if let Some(slot) = slot {
+            let time = |name: &str| claims.get(name).and_then(Value::as_u64);
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verified {
+                token: token.into(),
+                exp: time("exp"),
+                nbf: time("nbf"),
+                claims: claims.clone(),
+                keys_generation: generation,
+            });
+        }
+        Ok(Some(claims))
+    }
+
+    /// The cache slot of a token, when tokens are cached and this one is not too long.
+    fn slot(&self, token: &[u8]) -> Option<&Mutex<Option<Verified>>> {
+        if self.cache.is_empty() || token.len() > MAX_CACHED_TOKEN {
+            return None;
+        }
+        use std::hash::BuildHasher;
+        let h = CACHE_HASHER.hash_one(token);
+        Some(&self.cache[(h % self.cache.len() as u64) as usize])
+    }
+
+    /// A cached token is still within `exp` and `nbf` (with the leeway), as
+    /// jsonwebtoken checks them; otherwise it is verified again, which names the fault.
+    fn in_time(&self, v: &Verified) -> bool {
+        let now = jsonwebtoken::get_current_timestamp();
+        v.exp
+            .is_some_and(|exp| exp >= now.saturating_sub(self.leeway))
+            && v.nbf.is_none_or(|nbf| nbf <= now + self.leeway)
+    }
+
+    /// Full verification: header, key, signature, registered claims.
+    fn verify_token(&self, token: &[u8]) -> Result<Value, GatewayError> {
         let header = decode_header(token).map_err(|_| invalid("malformed token"))?;
         let Some(validation) = self.validations.get(&header.alg) else {
             return Err(invalid("algorithm not accepted"));
@@ -197,7 +271,7 @@ impl JwtVerifier {
         for k in candidates {
             any_key = true;
             match decode::<Value>(token, &k.key, validation) {
-                Ok(data) => return Ok(Some(data.claims)),
+                Ok(data) => return Ok(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind::*;
                     last_error = match e.kind() {
@@ -232,7 +306,8 @@ impl JwtVerifier {
     pub fn replace_jwks(&self, text: &str) -> Result<usize, String> {
         let keys = jwks_keys(text)?;
         let n = keys.len();
-        self.keys.store(std::sync::Arc::new(keys));
+        self.keys.store(Arc::new(keys));
+        self.keys_generation.fetch_add(1, Ordering::AcqRel);
         Ok(n)
     }
 
@@ -292,6 +367,7 @@ mod tests {
                 leeway_secs: 0,
                 optional,
                 forward_claims: &[("sub".to_string(), "x-user-id".to_string())],
+                cache_size: 64,
             },
         )
         .unwrap()
@@ -309,6 +385,62 @@ mod tests {
 
     fn reason(e: GatewayError) -> String {
         e.data["reason"].as_str().unwrap_or(e.message).to_string()
+    }
+
+    #[test]
+    fn a_cached_token_still_expires_and_new_keys_void_the_cache() {
+        let v = verifier(false);
+        let claims =
+            json!({"sub": "u1", "iss": "https://auth.test", "aud": "api", "exp": now() + 1});
+        let t = token(claims, Algorithm::HS256, b"s3cret");
+        let first = v.verify(Some(&t)).unwrap().unwrap();
+        let again = v.verify(Some(&t)).unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second use comes from the cache"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(reason(v.verify(Some(&t)).unwrap_err()), "token expired");
+
+        // A JWKS verifier: replacing the keys drops what the old keys verified.
+        let jwk = |secret: &[u8]| {
+            let mut k = jsonwebtoken::jwk::Jwk::from_encoding_key(
+                &EncodingKey::from_secret(secret),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            k.common.key_id = Some("k1".into());
+            json!({ "keys": [k] }).to_string()
+        };
+        let remote = JwtVerifier::new(
+            KeySource::Jwks(&jwk(b"old-secret")),
+            &JwtSettings {
+                algorithms: &["HS256".to_string()],
+                issuer: None,
+                audience: None,
+                leeway_secs: 0,
+                optional: false,
+                forward_claims: &[],
+                cache_size: 8,
+            },
+        )
+        .unwrap();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let t = encode(
+            &h,
+            &json!({"exp": now() + 60}),
+            &EncodingKey::from_secret(b"old-secret"),
+        )
+        .unwrap();
+        let t = format!("Bearer {t}").into_bytes();
+        assert!(remote.verify(Some(&t)).is_ok());
+        assert!(remote.verify(Some(&t)).is_ok());
+        remote.replace_jwks(&jwk(b"new-secret")).unwrap();
+        assert_eq!(
+            reason(remote.verify(Some(&t)).unwrap_err()),
+            "bad signature"
+        );
     }
 
     #[test]
@@ -390,6 +522,7 @@ mod tests {
                     leeway_secs: 0,
                     optional: false,
                     forward_claims: &[],
+                    cache_size: 0,
                 },
             )
             .map(|_| ())

@@ -179,6 +179,14 @@ pub struct JwtConfig {
     /// Let requests without a token through (a present but invalid token is still refused).
     #[serde(default)]
     pub optional: bool,
+    /// Verified tokens remembered, so a token's next use skips the signature check
+    /// (`exp` and `nbf` are checked every time); 0 turns the cache off.
+    #[serde(default = "default_jwt_cache")]
+    pub cache_tokens: usize,
+}
+
+fn default_jwt_cache() -> usize {
+    4096
 }
 
 fn default_leeway() -> u64 {

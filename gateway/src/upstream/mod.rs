@@ -97,6 +97,9 @@ pub struct Upstream {
     clock: Arc<MonotonicClock>,
     failure_eject_ms: u64,
     ejected_until: ArcSwap<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    /// The latest end of any ejection: past it, no target is ejected and selection skips
+    /// the per-target lookups.
+    ejections_end: AtomicU64,
     /// The targets the balancer draws from; DNS discovery replaces them.
     target_set: Arc<ArcSwap<BTreeSet<Backend>>>,
     dns: Option<DnsDiscovery>,
@@ -262,6 +265,7 @@ impl Upstream {
             clock,
             failure_eject_ms: cfg.failure_eject_ms,
             ejected_until,
+            ejections_end: AtomicU64::new(0),
             target_set,
             dns,
             next_refresh_ms: AtomicU64::new(0),
@@ -315,6 +319,9 @@ impl Upstream {
     }
 
     fn ejected(&self, b: &Backend, now_ms: u64) -> bool {
+        if self.ejections_end.load(Ordering::Relaxed) <= now_ms {
+            return false;
+        }
         b.addr.as_inet().is_some_and(|a| {
             self.ejected_until
                 .load()
@@ -329,10 +336,9 @@ impl Upstream {
             return;
         }
         if let Some(until) = self.ejected_until.load().get(addr) {
-            until.store(
-                self.clock.now_ms() + self.failure_eject_ms,
-                Ordering::Relaxed,
-            );
+            let end = self.clock.now_ms() + self.failure_eject_ms;
+            until.store(end, Ordering::Relaxed);
+            self.ejections_end.fetch_max(end, Ordering::Relaxed);
         }
     }
 

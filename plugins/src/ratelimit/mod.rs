@@ -177,39 +177,45 @@ impl Limiter {
                 _ => None,
             }
         };
-        let (tier, limit) = match &self.spec.tiers {
-            None => (String::from("-"), self.spec.limit),
+        let (tier, limit): (std::borrow::Cow<str>, u64) = match &self.spec.tiers {
+            None => ("-".into(), self.spec.limit),
             Some(t) => match claim(&t.claim) {
                 Some(v) => match t.limits.get(&v) {
-                    Some(l) => (v, *l),
-                    None => (String::from("-"), self.spec.limit),
+                    Some(l) => (v.into(), *l),
+                    None => ("-".into(), self.spec.limit),
                 },
-                None => (
-                    String::from("anonymous"),
-                    t.anonymous.unwrap_or(self.spec.limit),
-                ),
+                None => ("anonymous".into(), t.anonymous.unwrap_or(self.spec.limit)),
             },
         };
-        let by_ip = || match req.ip {
-            Some(ip) => format!("ip:{ip}"),
-            None => String::from("ip:-"),
+        use std::fmt::Write;
+        let mut key = String::with_capacity(tier.len() + 48);
+        key.push_str(&tier);
+        key.push('|');
+        let by_ip = |key: &mut String| match req.ip {
+            Some(ip) => {
+                let _ = write!(key, "ip:{ip}");
+            }
+            None => key.push_str("ip:-"),
         };
-        let key = match &self.spec.key {
-            LimitKey::Route => String::from("route"),
-            LimitKey::Ip => by_ip(),
+        match &self.spec.key {
+            LimitKey::Route => key.push_str("route"),
+            LimitKey::Ip => by_ip(&mut key),
             LimitKey::Header(name) => match req.headers.get(name).and_then(|v| v.to_str().ok()) {
-                Some(v) => format!("h:{v}"),
-                None => by_ip(),
+                Some(v) => {
+                    key.push_str("h:");
+                    key.push_str(v);
+                }
+                None => by_ip(&mut key),
             },
             LimitKey::Claim(name) => match claim(name) {
-                Some(v) => format!("c:{v}"),
-                None => by_ip(),
+                Some(v) => {
+                    key.push_str("c:");
+                    key.push_str(&v);
+                }
+                None => by_ip(&mut key),
             },
-        };
-        Subject {
-            key: format!("{tier}|{key}"),
-            limit,
         }
+        Subject { key, limit }
     }
 
     /// Decide with this instance's own counters. With a concurrency limit the guard keeps
@@ -313,12 +319,6 @@ pub fn window_verdict(prev: u64, curr: u64, frac: f64, limit: u64, window: Durat
     }
 }
 
-static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 
 /// Whole seconds, rounded up.
@@ -338,14 +338,25 @@ impl Verdict {
 
     /// `RateLimit-Limit/-Remaining/-Reset` and the same as `X-RateLimit-*`.
     pub fn headers(&self) -> [(HeaderName, HeaderValue); 6] {
-        let (l, r, s) = (self.limit, self.remaining, secs(self.reset));
+        self.header_fields()
+            .map(|(name, value)| (HeaderName::from_static(name), value))
+    }
+
+    /// The same, with the names as static text (what Pingora's headers take without
+    /// copying the name).
+    pub fn header_fields(&self) -> [(&'static str, HeaderValue); 6] {
+        let (l, r, s) = (
+            HeaderValue::from(self.limit),
+            HeaderValue::from(self.remaining),
+            HeaderValue::from(secs(self.reset)),
+        );
         [
-            (RATELIMIT_LIMIT.clone(), HeaderValue::from(l)),
-            (RATELIMIT_REMAINING.clone(), HeaderValue::from(r)),
-            (RATELIMIT_RESET.clone(), HeaderValue::from(s)),
-            (X_RATELIMIT_LIMIT.clone(), HeaderValue::from(l)),
-            (X_RATELIMIT_REMAINING.clone(), HeaderValue::from(r)),
-            (X_RATELIMIT_RESET.clone(), HeaderValue::from(s)),
+            ("ratelimit-limit", l.clone()),
+            ("ratelimit-remaining", r.clone()),
+            ("ratelimit-reset", s.clone()),
+            ("x-ratelimit-limit", l),
+            ("x-ratelimit-remaining", r),
+            ("x-ratelimit-reset", s),
         ]
     }
 
