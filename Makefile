@@ -26,7 +26,8 @@ deps-test: deps
 		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server; }
 
 deps-bench: deps
-	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk; }
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null \
+		|| { apt-get update -q && $(APT_INSTALL) nginx-light wrk valgrind; }
 
 build: deps
 	$(CARGO) build --workspace --bins
@@ -95,6 +96,7 @@ load: deps-load release
 bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
+	python3 load-tests/instructions.py
 	python3 load-tests/bench_aggregate.py
 	python3 load-tests/bench_ratelimit.py
 	python3 load-tests/upgrade.py
