@@ -152,7 +152,8 @@ http {{
 """
 
 
-def gateway_conf(d, port, up):
+def server_block(d, port, extra=""):
+    """The gateway's `server:` block for the benches: one worker, access log off."""
     return f"""
 server:
   listen: ["127.0.0.1:{port}"]
@@ -160,7 +161,11 @@ server:
   access_log: "off"
   pid_file: {d}/gateway.pid
   upgrade_sock: {d}/gateway.sock
-upstreams:
+{extra}"""
+
+
+def gateway_conf(d, port, up):
+    return server_block(d, port) + f"""upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
   guarded:

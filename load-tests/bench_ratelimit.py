@@ -25,7 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (CLK_TCK, GATEWAY_BIN, ROOT, cpu_ticks, free_port, nginx, peak_rss_kib,  # noqa: E402
-                   stop_all, upstream_conf, wait_port)
+                   server_block, stop_all, upstream_conf, wait_port)
 
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
@@ -35,15 +35,7 @@ SCRIPT = os.path.join(ROOT, "load-tests/wrk/random_ip.lua")
 
 
 def gateway_conf(d, port, up):
-    return f"""
-server:
-  listen: ["127.0.0.1:{port}"]
-  threads: 1
-  access_log: "off"
-  trusted_proxies: ["127.0.0.1/32"]
-  pid_file: {d}/gateway.pid
-  upgrade_sock: {d}/gateway.sock
-upstreams:
+    return server_block(d, port, '  trusted_proxies: ["127.0.0.1/32"]\n') + f"""upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
 routes:

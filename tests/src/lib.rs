@@ -614,6 +614,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on loopback).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// A client that never uses a system proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -5,18 +5,8 @@
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tests::{assert_envelope, client, Gateway, RedisServer, Setup, Upstream};
-
-fn from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
+use tests::{assert_envelope, client, client_from, Gateway, RedisServer, Setup, Upstream};
 
 async fn send(rb: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
     let r = rb.send().await.unwrap();
@@ -77,7 +67,7 @@ routes:
     let s = Setup::new();
     let server = s.server_yaml();
     let gw = s.start(&format!("{server}{rest}"));
-    let c = from("127.0.0.1");
+    let c = client_from("127.0.0.1");
     let url = gw.url("/ip");
     let before = u.requests();
     let mut remaining = Vec::new();
@@ -105,7 +95,10 @@ routes:
     // Refused requests never reached the upstream.
     assert_eq!(u.requests() - before, 10);
     // Another address has its own count.
-    assert_eq!(count(&statuses(&from("127.0.0.2"), &url, 3).await, 200), 3);
+    assert_eq!(
+        count(&statuses(&client_from("127.0.0.2"), &url, 3).await, 200),
+        3
+    );
 
     // By header: one count per key.
     let key = |k: &'static str| {

@@ -1,17 +1,8 @@
 //! Edge policies: IP allow/deny (v4, v6, trusted proxies, a deny file reloaded with the
 //! config) and CORS.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use tests::{assert_envelope, client, get_json, Gateway, Setup, Upstream};
-
-fn from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
-}
+use tests::{assert_envelope, client, client_from, get_json, Gateway, Setup, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_rules_for_v4_v6_trusted_proxies_and_a_deny_file() {
@@ -40,14 +31,19 @@ routes:
     let gw = s.start(&yaml);
     let url = gw.url("/internal");
 
-    assert_eq!(get_json(&from("127.0.0.1"), &url).await.0, 200);
-    let (status, _, body) = get_json(&from("127.0.0.2"), &url).await;
+    assert_eq!(get_json(&client_from("127.0.0.1"), &url).await.0, 200);
+    let (status, _, body) = get_json(&client_from("127.0.0.2"), &url).await;
     assert_envelope(status, &body, 403);
     assert_eq!(body["data"]["reason"], "address denied");
-    assert_eq!(get_json(&from("127.0.0.2"), &gw.url("/open")).await.0, 200);
+    assert_eq!(
+        get_json(&client_from("127.0.0.2"), &gw.url("/open"))
+            .await
+            .0,
+        200
+    );
 
     // Behind the trusted proxy 127.0.0.3, X-Forwarded-For names the client.
-    let proxy = from("127.0.0.3");
+    let proxy = client_from("127.0.0.3");
     for (xff, want) in [
         ("10.9.8.7", 200),
         ("203.0.113.9", 403),
@@ -65,7 +61,7 @@ routes:
         assert_eq!(r.status(), want, "X-Forwarded-For: {xff}");
     }
     // From an untrusted peer the header is ignored.
-    let r = from("127.0.0.1")
+    let r = client_from("127.0.0.1")
         .get(&url)
         .header("x-forwarded-for", "203.0.113.9")
         .send()
@@ -110,14 +106,21 @@ async fn a_global_filter_applies_before_routing() {
     );
     let gw = s.start(&yaml);
     assert_eq!(
-        get_json(&from("127.0.0.2"), &gw.url("/nowhere")).await.0,
+        get_json(&client_from("127.0.0.2"), &gw.url("/nowhere"))
+            .await
+            .0,
         403
     );
     assert_eq!(
-        get_json(&from("127.0.0.1"), &gw.url("/nowhere")).await.0,
+        get_json(&client_from("127.0.0.1"), &gw.url("/nowhere"))
+            .await
+            .0,
         404
     );
-    assert_eq!(get_json(&from("127.0.0.1"), &gw.url("/x")).await.0, 200);
+    assert_eq!(
+        get_json(&client_from("127.0.0.1"), &gw.url("/x")).await.0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +259,7 @@ routes:
         &jsonwebtoken::EncodingKey::from_secret(b"ban-secret"),
     )
     .unwrap();
-    let bad = from("127.0.0.5");
+    let bad = client_from("127.0.0.5");
     let url = gw.url("/api/x");
     // Three refusals are tolerated; the fourth earns a ban.
     for _ in 0..4 {
@@ -273,7 +276,7 @@ routes:
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["data"]["reason"], "address banned");
     // Others are not affected; the ban holds for this route only.
-    let good = from("127.0.0.6");
+    let good = client_from("127.0.0.6");
     let r = good.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(get_json(&bad, &gw.url("/limited")).await.0, 200);
@@ -294,7 +297,7 @@ routes:
 
     // Server-wide: rate-limit refusals count too, the ban covers every route, and the
     // admin API lifts it.
-    let noisy = from("127.0.0.7");
+    let noisy = client_from("127.0.0.7");
     let mut statuses = Vec::new();
     for _ in 0..7 {
         statuses.push(get_json(&noisy, &gw.url("/limited")).await.0);
