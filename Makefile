@@ -27,7 +27,7 @@ deps-test: deps
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null \
-		|| { apt-get update -q && $(APT_INSTALL) nginx-light wrk valgrind; }
+		&& command -v strace >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk valgrind strace; }
 
 build: deps
 	$(CARGO) build --workspace --bins
@@ -97,6 +97,7 @@ bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
 	python3 load-tests/instructions.py
+	python3 load-tests/syscalls.py
 	python3 load-tests/bench_aggregate.py
 	python3 load-tests/bench_ratelimit.py
 	python3 load-tests/upgrade.py
