@@ -27,8 +27,9 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -71,15 +72,36 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Phase {
     /// Reading a request head, against the deadline.
     Head,
-    /// The head is in; the body (if any) is being read. No deadline until a response goes out.
+    /// The head is in; the body (if any) is being read and the request served. No deadline
+    /// until the request has ended.
     Body,
-    /// A response went out; the next byte starts the next head.
+    /// The request ended ([`request_done`]); the next byte starts the next head.
     Idle,
     /// HTTP/2: not timed here.
     Off,
+}
+
+/// The phase, shared with the proxy's hooks (which see the stream only by reference).
+#[derive(Debug)]
+struct SharedPhase(AtomicU8);
+
+impl SharedPhase {
+    fn get(&self) -> Phase {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Phase::Head,
+            1 => Phase::Body,
+            2 => Phase::Idle,
+            _ => Phase::Off,
+        }
+    }
+
+    fn set(&self, p: Phase) {
+        self.0.store(p as u8, Ordering::Relaxed);
+    }
 }
 
 /// How often the framing fields appeared in the request head as the client sent it.
@@ -175,6 +197,18 @@ impl HeadEnd {
     }
 }
 
+/// The request on this connection has ended (its response sent, its body read or the
+/// connection about to close): the next byte from the client starts the next head, with a
+/// fresh deadline. Called from the proxy's last hook, so a response that goes out while the
+/// client is still sending its body does not put the rest of the body under the deadline.
+pub fn request_done(stream: &Stream) {
+    if let Some(h) = stream.as_any().downcast_ref::<HeadDeadline>() {
+        if h.phase.get() != Phase::Off {
+            h.phase.set(Phase::Idle);
+        }
+    }
+}
+
 /// The framing fields of the connection's current request head, when the connection is
 /// guarded (HTTP/1).
 pub fn framing(stream: &Stream) -> Option<Framing> {
@@ -188,7 +222,7 @@ pub fn framing(stream: &Stream) -> Option<Framing> {
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
-    phase: Phase,
+    phase: SharedPhase,
     head: HeadEnd,
     deadline: Pin<Box<Sleep>>,
     /// Bytes read while telling h2c from HTTP/1, served before anything else.
@@ -200,7 +234,7 @@ impl HeadDeadline {
         HeadDeadline {
             inner,
             timeout,
-            phase: Phase::Head,
+            phase: SharedPhase(AtomicU8::new(Phase::Head as u8)),
             head: HeadEnd::default(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
             replay: BytesMut::new(),
@@ -212,14 +246,14 @@ impl HeadDeadline {
         if data.is_empty() {
             return;
         }
-        if self.phase == Phase::Idle {
-            self.phase = Phase::Head;
+        if self.phase.get() == Phase::Idle {
+            self.phase.set(Phase::Head);
             self.head = HeadEnd::default();
             let at = Instant::now() + self.timeout;
             self.deadline.as_mut().reset(at);
         }
-        if self.phase == Phase::Head && self.head.feed(data) {
-            self.phase = Phase::Body;
+        if self.phase.get() == Phase::Head && self.head.feed(data) {
+            self.phase.set(Phase::Body);
         }
     }
 
@@ -244,14 +278,14 @@ impl AsyncRead for HeadDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if matches!(this.phase, Phase::Head | Phase::Idle) {
+                if matches!(this.phase.get(), Phase::Head | Phase::Idle) {
                     this.arrived(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+                if this.phase.get() == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Self::timed_out()));
                 }
                 Poll::Pending
@@ -266,14 +300,7 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        // A response head (not an interim 1xx, after which the body follows) ends the
-        // request; the next bytes from the client start another head.
-        if n > 0 && this.phase != Phase::Off && !data.starts_with(b"HTTP/1.1 1") {
-            this.phase = Phase::Idle;
-        }
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -306,7 +333,7 @@ impl Peek for HeadDeadline {
             self.replay = replay;
         }
         if self.replay.starts_with(H2_PREFACE) {
-            self.phase = Phase::Off;
+            self.phase.set(Phase::Off);
         }
         let n = self.replay.len().min(buf.len());
         buf[..n].copy_from_slice(&self.replay[..n]);

@@ -1008,6 +1008,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(stream) = session.as_downstream().stream() {
+            crate::guard::request_done(stream);
+        }
         if ctx.attempt_open {
             let success = match ctx.upstream_status {
                 Some(status) => status < 500,

@@ -139,9 +139,25 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
         "slow client cut off after {cut:?}"
     );
 
-    // A kept-alive connection may idle between requests longer than the head deadline.
+    // A body may take longer than the head deadline; so may the wait between requests on a
+    // kept-alive connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"POST /slow-body HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    for b in b"hello" {
+        std::thread::sleep(Duration::from_millis(350));
+        s.write_all(&[*b]).unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(u.last().unwrap().body, b"hello");
+    std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..2 {
         s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
