@@ -219,6 +219,14 @@ def wrk(port, path="/bench", headers=()):
     }
 
 
+def print_ratios(cost):
+    """The ratios between the subjects' costs per request, with the goals."""
+    print(f"  pingora / nginx   {cost['pingora'] / cost['nginx']:.2f}")
+    print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}   (<= 1.05)")
+    print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
+    print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= 1.00)")
+
+
 def measure(port, pids, path="/bench", headers=()):
     before = cpu_ticks(pids)
     r = wrk(port, path, headers)
@@ -291,12 +299,8 @@ def main():
         for n, m in med.items():
             print(f"  {n:<8} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
                   f"{m['cpu_us_per_req']:.2f} CPU us/req")
-        cpu = {n: m["cpu_us_per_req"] for n, m in med.items()}
         print("\nCPU per request, ratios (goal in brackets)")
-        print(f"  pingora / nginx   {cpu['pingora'] / cpu['nginx']:.2f}")
-        print(f"  plain / pingora   {cpu['plain'] / cpu['pingora']:.2f}   (<= 1.05)")
-        print(f"  chain / plain     {cpu['chain'] / cpu['plain']:.2f}   (<= 1.15)")
-        print(f"  plain / nginx     {cpu['plain'] / cpu['nginx']:.2f}   (<= 1.00)")
+        print_ratios({n: m["cpu_us_per_req"] for n, m in med.items()})
         print(f"  requests/s plain / nginx  {med['plain']['rps'] / med['nginx']['rps']:.2f}")
         failed = sum(r["errors"] for rs in results.values() for r in rs)
         if failed:

@@ -111,10 +111,7 @@ def main():
         for name, n in results.items():
             print(f"  {name:<8} {n:>10,.0f}")
         print("ratios (goal in brackets)")
-        print(f"  pingora / nginx   {results['pingora'] / results['nginx']:.2f}")
-        print(f"  plain / pingora   {results['plain'] / results['pingora']:.2f}   (<= 1.05)")
-        print(f"  chain / plain     {results['chain'] / results['plain']:.2f}   (<= 1.15)")
-        print(f"  plain / nginx     {results['plain'] / results['nginx']:.2f}   (<= 1.00)")
+        bench.print_ratios(results)
         return 0
     finally:
         stop_all(procs, d, lambda p: signal.SIGQUIT)

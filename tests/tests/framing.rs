@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 use tests::{client, raw, Gateway, Setup, Upstream};
 
 fn start(extra_server: &str, up: &Upstream) -> Gateway {
+    start_with_route(extra_server, up, "{ name: r, upstream: u }")
+}
+
+/// The gateway with one upstream `u` and one route.
+fn start_with_route(extra_server: &str, up: &Upstream, route: &str) -> Gateway {
     let s = Setup::new();
     let yaml = format!(
-        "{}{extra_server}upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        "{}{extra_server}upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {route}\n",
         s.server_yaml(),
         up.addr
     );
@@ -305,15 +310,11 @@ async fn smuggling_corpus_is_refused_or_reaches_the_upstream_as_one_request() {
 
     // A body on a request the gateway refuses itself is never read as the next request:
     // the answer closes the connection.
-    let gw2 = {
-        let s = Setup::new();
-        let yaml = format!(
-            "{}upstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u, match: {{ path: {{ prefix: /known }} }} }}\n",
-            s.server_yaml(),
-            u.addr
-        );
-        s.start(&yaml)
-    };
+    let gw2 = start_with_route(
+        "",
+        &u,
+        "{ name: r, upstream: u, match: { path: { prefix: /known } } }",
+    );
     let body = "GET /known/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let req = format!(
         "POST /unknown HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
