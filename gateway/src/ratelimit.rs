@@ -9,6 +9,7 @@ use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
 use plugins::ratelimit::{Limiter, RequestKeys, Verdict};
 use plugins::GatewayError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -26,7 +27,12 @@ pub struct RouteLimit {
     prefix: String,
     rejected: IntCounter,
     store_errors: IntCounter,
+    /// When a store error was last logged (ms of uptime): at most one line per interval.
+    logged_ms: AtomicU64,
 }
+
+/// Between two log lines about the same limit's store errors.
+const STORE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 
 impl RouteLimit {
     pub fn new(route: &str, index: usize, cfg: &RateLimitConfig) -> Result<RouteLimit, String> {
@@ -37,6 +43,7 @@ impl RouteLimit {
             prefix: format!("gw:rl:{route}:{index}"),
             rejected: METRICS.rate_limited.with_label_values(&[route]),
             store_errors: METRICS.rate_limit_store_errors.with_label_values(&[route]),
+            logged_ms: AtomicU64::new(0),
         })
     }
 }
@@ -78,7 +85,24 @@ pub async fn check(
                     Ok(v) => Some(v),
                     Err(e) => {
                         limit.store_errors.inc();
-                        log::warn!("rate limit {}: {e}", limit.prefix);
+                        let now = crate::runtime::uptime().as_millis() as u64;
+                        let last = limit.logged_ms.load(Ordering::Relaxed);
+                        if (last == 0 || now.saturating_sub(last) >= STORE_ERROR_LOG_EVERY_MS)
+                            && limit
+                                .logged_ms
+                                .compare_exchange(
+                                    last,
+                                    now.max(1),
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                )
+                                .is_ok()
+                        {
+                            log::warn!(
+                                "rate limit {}: {e}; on_store_error decides (counted in gateway_rate_limit_store_errors_total)",
+                                limit.prefix
+                            );
+                        }
                         match limit.cfg.on_store_error {
                             OnStoreError::Allow => None,
                             OnStoreError::Deny => {
