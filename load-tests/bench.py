@@ -46,6 +46,16 @@ JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def require(tools=(), binaries=()):
+    """Exit with the make target to run when a tool or a built binary is missing."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run `make bench`, which installs it")
+    for b in binaries:
+        if not os.path.exists(b):
+            sys.exit(f"{b} missing: run `make bench`, which builds it")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,12 +247,7 @@ def measure(port, pids, path="/bench", headers=()):
 
 
 def main():
-    for tool in ("nginx", "wrk", "taskset"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `make bench`, which installs it")
-    for b in (GATEWAY_BIN, PINGORA_BIN):
-        if not os.path.exists(b):
-            sys.exit(f"{b} missing: run `make release`")
+    require(("nginx", "wrk", "taskset"), (GATEWAY_BIN, PINGORA_BIN))
     d = tempfile.mkdtemp(prefix="gw-bench-")
     up, nport, gport, pport = free_port(), free_port(), free_port(), free_port()
     procs = []

@@ -12,14 +12,13 @@ GATEWAY_BIN (target/release/gateway), DEMO_BIN (target/release/demo-upstreams).
 """
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, stop_all, wait_port  # noqa: E402
+from bench import free_port, require, stop_all, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -48,12 +47,7 @@ def wrk(url):
 
 
 def main():
-    for tool in ("wrk",):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `make bench`, which installs it")
-    for b in (GATEWAY_BIN, DEMO_BIN):
-        if not os.path.exists(b):
-            sys.exit(f"{b} missing: run `make bench`")
+    require(("wrk",), (GATEWAY_BIN, DEMO_BIN))
     d = tempfile.mkdtemp(prefix="gw-agg-")
     ports = [free_port() for _ in range(3)]
     gport, fport = free_port(), free_port()

@@ -25,7 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (CLK_TCK, GATEWAY_BIN, ROOT, cpu_ticks, free_port, nginx, peak_rss_kib,  # noqa: E402
-                   server_block, stop_all, upstream_conf, wait_port)
+                   require, server_block, stop_all, upstream_conf, wait_port)
 
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
@@ -76,8 +76,7 @@ def rss_kib(pid):
 
 
 def main():
-    if not os.path.exists(GATEWAY_BIN):
-        sys.exit(f"{GATEWAY_BIN} missing: run `make release`")
+    require(("nginx", "wrk", "taskset"), (GATEWAY_BIN,))
     d = tempfile.mkdtemp(prefix="gw-bench-rl-")
     up, gport = free_port(), free_port()
     procs = []

@@ -16,7 +16,6 @@ import glob
 import http.client
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -76,11 +75,7 @@ def count(cmd, port, path, headers, d, name, env=None):
 
 
 def main():
-    if not shutil.which("valgrind"):
-        sys.exit("valgrind is missing: run `make bench`, which installs it")
-    for b in (GATEWAY_BIN, PINGORA_BIN):
-        if not os.path.exists(b):
-            sys.exit(f"{b} missing: run `make release`")
+    bench.require(("valgrind",), (GATEWAY_BIN, PINGORA_BIN))
     d = tempfile.mkdtemp(prefix="gw-instr-")
     up = free_port()
     procs = []

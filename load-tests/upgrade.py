@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, wait_port  # noqa: E402
+from bench import free_port, require, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNS = [int(c) for c in os.environ.get("CONNS", "200 1000").split()]
@@ -79,9 +79,7 @@ routes:
 
 
 def main():
-    for tool in ("wrk",):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `make bench`, which installs it")
+    require(("wrk",), (GATEWAY_BIN, DEMO_BIN))
     d = tempfile.mkdtemp(prefix="gw-upgrade-")
     up = free_port()
     demo = subprocess.Popen([DEMO_BIN, f"u@127.0.0.1:{up}"], stdout=subprocess.DEVNULL,

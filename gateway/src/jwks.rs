@@ -10,7 +10,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use plugins::jwt::JwtVerifier;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +66,6 @@ pub struct RemoteJwks {
     next_refresh_ms: AtomicU64,
     /// Milliseconds since the process started of the last fetch that was tried; 0: never.
     last_fetch_ms: AtomicU64,
-    fetching: AtomicBool,
     /// One fetch at a time; requests waiting for a refetch share it.
     lock: tokio::sync::Mutex<()>,
 }
@@ -97,7 +96,6 @@ impl RemoteJwks {
             connector: Connector::new(None),
             next_refresh_ms: AtomicU64::new(0),
             last_fetch_ms: AtomicU64::new(0),
-            fetching: AtomicBool::new(false),
             lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -106,7 +104,8 @@ impl RemoteJwks {
     /// the next one is scheduled at once so it is not started twice.
     pub fn refresh_due(&self, now_ms: u64) -> bool {
         let next = self.next_refresh_ms.load(Ordering::Relaxed);
-        if now_ms < next || self.fetching.load(Ordering::Relaxed) {
+        // A fetch under way (a refetch for an unknown kid) counts as this refresh.
+        if now_ms < next || self.lock.try_lock().is_err() {
             return false;
         }
         let after = now_ms + self.refresh.as_millis() as u64;
@@ -144,14 +143,12 @@ impl RemoteJwks {
     }
 
     async fn fetch_now(&self) -> bool {
-        self.fetching.store(true, Ordering::Relaxed);
         self.last_fetch_ms.store(now_ms().max(1), Ordering::Relaxed);
         let result = match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(Ok(text)) => self.verifier.replace_jwks(&text),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
-        self.fetching.store(false, Ordering::Relaxed);
         let label = match &result {
             Ok(n) => {
                 log::info!("route {}: {n} keys from {}", self.route, self.url.host);

@@ -263,11 +263,7 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Res
     }
     // A body the client already started sending would otherwise be read as the next
     // request on this connection; close instead of guessing where it ends.
-    let has_body = {
-        let h = &session.req_header().headers;
-        h.contains_key(TRANSFER_ENCODING)
-            || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-    };
+    let has_body = request_has_body(session.req_header());
     // After a malformed request nothing on this connection can be trusted.
     if has_body || err.status == http::StatusCode::BAD_REQUEST || is_draining() {
         session.set_keepalive(None);

@@ -7,7 +7,7 @@ use crate::store::RedisStore;
 use pingora_prometheus::prometheus::IntCounter;
 use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
-use plugins::ratelimit::{Limiter, RequestKeys, Verdict};
+use plugins::ratelimit::{Limiter, RequestKeys, Subject, Verdict};
 use plugins::GatewayError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -48,6 +48,26 @@ impl RouteLimit {
     }
 }
 
+impl RouteLimit {
+    /// Count a store error; log it at most once per interval.
+    fn store_error(&self, e: &str) {
+        self.store_errors.inc();
+        let now = crate::runtime::uptime().as_millis() as u64;
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= STORE_ERROR_LOG_EVERY_MS)
+            && self
+                .logged_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "rate limit {}: {e}; on_store_error decides (counted in gateway_rate_limit_store_errors_total)",
+                self.prefix
+            );
+        }
+    }
+}
+
 /// What the limits let through.
 #[derive(Default)]
 pub struct Admitted {
@@ -69,54 +89,17 @@ pub async fn check(
     for limit in limits {
         let subject = limit.limiter.subject(req);
         let verdict = match (limit.cfg.store, redis) {
-            (LimitStore::Redis, Some(store)) => {
-                let call = limit.limiter.shared_call(&limit.prefix, &subject);
-                let script = match call.script {
-                    Script::Window => &*WINDOW,
-                    Script::Bucket => &*BUCKET,
-                };
-                let reply = store.eval(script, &call.key, &call.args).await;
-                match reply.and_then(|r| {
-                    limit
-                        .limiter
-                        .shared_verdict(&subject, &r)
-                        .ok_or_else(|| format!("unexpected script reply {r:?}"))
-                }) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        limit.store_errors.inc();
-                        let now = crate::runtime::uptime().as_millis() as u64;
-                        let last = limit.logged_ms.load(Ordering::Relaxed);
-                        if (last == 0 || now.saturating_sub(last) >= STORE_ERROR_LOG_EVERY_MS)
-                            && limit
-                                .logged_ms
-                                .compare_exchange(
-                                    last,
-                                    now.max(1),
-                                    Ordering::Relaxed,
-                                    Ordering::Relaxed,
-                                )
-                                .is_ok()
-                        {
-                            log::warn!(
-                                "rate limit {}: {e}; on_store_error decides (counted in gateway_rate_limit_store_errors_total)",
-                                limit.prefix
-                            );
-                        }
-                        match limit.cfg.on_store_error {
-                            OnStoreError::Allow => None,
-                            OnStoreError::Deny => {
-                                return Err(GatewayError::new(503, "rate limit store unavailable")
-                                    .with_header(
-                                        http::HeaderName::from_static("retry-after"),
-                                        http::HeaderValue::from_static("1"),
-                                    ))
-                            }
-                            OnStoreError::Local => Some(local(limit, &subject, &mut out)),
-                        }
+            (LimitStore::Redis, Some(store)) => match shared(limit, store, &subject).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    limit.store_error(&e);
+                    match limit.cfg.on_store_error {
+                        OnStoreError::Allow => None,
+                        OnStoreError::Deny => return Err(store_unavailable()),
+                        OnStoreError::Local => Some(local(limit, &subject, &mut out)),
                     }
                 }
-            }
+            },
             _ => Some(local(limit, &subject, &mut out)),
         };
         let Some(v) = verdict else { continue };
@@ -133,7 +116,32 @@ pub async fn check(
     Ok(out)
 }
 
-fn local(limit: &RouteLimit, subject: &plugins::ratelimit::Subject, out: &mut Admitted) -> Verdict {
+/// Decide in Redis, every instance counting together.
+async fn shared(
+    limit: &RouteLimit,
+    store: &RedisStore,
+    subject: &Subject,
+) -> Result<Verdict, String> {
+    let call = limit.limiter.shared_call(&limit.prefix, subject);
+    let script = match call.script {
+        Script::Window => &*WINDOW,
+        Script::Bucket => &*BUCKET,
+    };
+    let reply = store.eval(script, &call.key, &call.args).await?;
+    limit
+        .limiter
+        .shared_verdict(subject, &reply)
+        .ok_or_else(|| format!("unexpected script reply {reply:?}"))
+}
+
+fn store_unavailable() -> GatewayError {
+    GatewayError::new(503, "rate limit store unavailable").with_header(
+        http::HeaderName::from_static("retry-after"),
+        http::HeaderValue::from_static("1"),
+    )
+}
+
+fn local(limit: &RouteLimit, subject: &Subject, out: &mut Admitted) -> Verdict {
     let (v, guard) = limit.limiter.check_local(subject);
     out.guards.extend(guard);
     v

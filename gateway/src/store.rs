@@ -72,12 +72,21 @@ impl RedisStore {
         );
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, String> {
-        let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+    /// One call on the shared connection, bounded by the timeout.
+    async fn bounded<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(r) => r.map_err(|e| format!("redis: {e}")),
             Err(_) => Err("redis: timed out".into()),
         }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, String> {
+        self.bounded(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
     }
 
     /// Run a Lua script by its SHA (Redis loads it on the first call, and again after a
@@ -88,15 +97,12 @@ impl RedisStore {
         key: &str,
         args: &[u64],
     ) -> Result<Vec<i64>, String> {
-        let mut conn = self.connection().await?;
         let mut call = script.key(key);
         for a in args {
             call.arg(*a);
         }
-        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
-            Ok(r) => r.map_err(|e| format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
+        self.bounded(|mut conn| async move { call.invoke_async::<Vec<i64>>(&mut conn).await })
+            .await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {

@@ -19,6 +19,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 static CACHE_HASHER: LazyLock<foldhash::fast::RandomState> =
     LazyLock::new(foldhash::fast::RandomState::default);
 
+/// Refusal reasons that a fresh key set could turn into a pass.
+const UNKNOWN_KID: &str = "unknown key id";
+const NO_KEY: &str = "no key for this algorithm";
+
 /// Tokens longer than this are refused without being parsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -81,11 +85,6 @@ pub struct JwtSettings<'a> {
     pub cache_size: usize,
 }
 
-enum SourceKind {
-    Now,
-    Later,
-}
-
 /// The usable keys of a JWKS document.
 fn jwks_keys(text: &str) -> Result<Vec<Key>, String> {
     let set: JwkSet =
@@ -123,10 +122,7 @@ fn missing() -> GatewayError {
 
 impl JwtVerifier {
     pub fn new(keys: KeySource, s: &JwtSettings) -> Result<JwtVerifier, String> {
-        let keys_source_kind = match keys {
-            KeySource::JwksLater => SourceKind::Later,
-            _ => SourceKind::Now,
-        };
+        let remote = matches!(keys, KeySource::JwksLater);
         let keys = match keys {
             KeySource::Secret(secret) => {
                 if secret.is_empty() {
@@ -147,7 +143,6 @@ impl JwtVerifier {
             KeySource::Jwks(text) => jwks_keys(text)?,
             KeySource::JwksLater => Vec::new(),
         };
-        let remote = matches!(keys_source_kind, SourceKind::Later);
         if s.algorithms.is_empty() {
             return Err("list the accepted algorithms".into());
         }
@@ -294,9 +289,9 @@ impl JwtVerifier {
         }
         if !any_key {
             return Err(invalid(if header.kid.is_some() {
-                "unknown key id"
+                UNKNOWN_KID
             } else {
-                "no key for this algorithm"
+                NO_KEY
             }));
         }
         Err(invalid(last_error))
@@ -317,7 +312,7 @@ impl JwtVerifier {
         self.remote
             && matches!(
                 e.data.get("reason").and_then(Value::as_str),
-                Some("unknown key id" | "no key for this algorithm")
+                Some(UNKNOWN_KID | NO_KEY)
             )
     }
 

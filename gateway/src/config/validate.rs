@@ -638,11 +638,13 @@ fn check_rate_limit(
     config: &Config,
 ) {
     use plugins::ratelimit::Algorithm;
-    if let Err((field, e)) = crate::runtime::rate_limit(l) {
-        errs.push(ConfigError::new(format!("{p}.{field}"), e));
-        return;
-    }
-    let algorithm = Algorithm::parse(&l.algorithm).unwrap_or(Algorithm::SlidingWindow);
+    let algorithm = match crate::runtime::rate_limit(l) {
+        Ok(spec) => spec.algorithm,
+        Err((field, e)) => {
+            errs.push(ConfigError::new(format!("{p}.{field}"), e));
+            return;
+        }
+    };
     nonzero(
         errs,
         p,
