@@ -7,7 +7,7 @@ use crate::store::RedisStore;
 use pingora_prometheus::prometheus::IntCounter;
 use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
-use plugins::ratelimit::{Limiter, RequestKeys, Subject, Verdict};
+use plugins::ratelimit::{Limiter, QuotaHeaders, RequestKeys, Subject, Verdict};
 use plugins::GatewayError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -108,10 +108,13 @@ pub async fn check(
             return Err(v.rejection());
         }
         out.delay = out.delay.max(v.delay);
-        out.quota = Some(match out.quota {
-            Some(q) => q.tighter(v),
-            None => v,
-        });
+        // A limit with `headers: none` does not speak for the others either.
+        if v.headers != QuotaHeaders::None {
+            out.quota = Some(match out.quota {
+                Some(q) => q.tighter(v),
+                None => v,
+            });
+        }
     }
     Ok(out)
 }

@@ -526,6 +526,7 @@ pub fn rate_limit(c: &RateLimitConfig) -> Result<LimitSpec, (String, String)> {
             anonymous: t.anonymous,
         }),
         max_keys: c.max_keys,
+        headers: c.headers,
     })
 }
 

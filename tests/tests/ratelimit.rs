@@ -202,6 +202,73 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_headers_follow_each_limits_headers_setting() {
+    let u = Upstream::start("u").await;
+    let gw = start(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - name: x-only
+    match: {{ path: {{ prefix: /x }} }}
+    upstream: u
+    plugins:
+      rate_limit: [{{ algorithm: token_bucket, key: route, limit: 1, burst: 2, window_secs: 60, headers: x-ratelimit }}]
+  - name: draft-only
+    match: {{ path: {{ prefix: /draft }} }}
+    upstream: u
+    plugins:
+      rate_limit: [{{ algorithm: sliding_window, key: route, limit: 5, window_secs: 60, headers: ratelimit }}]
+  - name: quiet
+    match: {{ path: {{ prefix: /quiet }} }}
+    upstream: u
+    plugins:
+      rate_limit:
+        - {{ algorithm: sliding_window, key: route, limit: 100, window_secs: 60 }}
+        - {{ algorithm: token_bucket, key: route, limit: 1, window_secs: 60, headers: none }}
+"#,
+        u.addr
+    ));
+    let c = client();
+    let drafts = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+    let xs = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ];
+    let absent = |h: &HeaderMap, names: &[&str]| {
+        for n in names {
+            assert!(!h.contains_key(*n), "{n} present in {h:?}");
+        }
+    };
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, h, _) = send(c.get(gw.url("/x"))).await;
+        absent(&h, &drafts);
+        seen.push((status, num(&h, "x-ratelimit-remaining")));
+        assert_eq!(num(&h, "x-ratelimit-limit"), 2);
+    }
+    assert_eq!(seen, [(200, 1), (200, 0), (429, 0)]);
+
+    let (status, h, _) = send(c.get(gw.url("/draft"))).await;
+    assert_eq!(status, 200);
+    absent(&h, &xs);
+    assert_eq!(num(&h, "ratelimit-remaining"), 4);
+
+    // The silent limit is the tighter one, yet the other speaks; its own 429 tells only
+    // when to come back.
+    let (status, h, _) = send(c.get(gw.url("/quiet"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(num(&h, "ratelimit-limit"), 100);
+    assert_eq!(num(&h, "x-ratelimit-remaining"), 99);
+    let (status, h, body) = send(c.get(gw.url("/quiet"))).await;
+    assert_envelope(status, &body, 429);
+    assert!(num(&h, "retry-after") >= 1);
+    absent(&h, &drafts);
+    absent(&h, &xs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_counts_requests_in_flight() {
     let u = Upstream::start("u").await;
     let gw = start(&format!(

@@ -112,6 +112,9 @@ pub struct RateLimitConfig {
     /// Keys the local state remembers at most (memory stays bounded under a flood of keys).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// The quota headers: `both`, `ratelimit`, `x-ratelimit` or `none`.
+    #[serde(default)]
+    pub headers: plugins::ratelimit::QuotaHeaders,
 }
 
 fn default_rate_limit_key() -> String {

@@ -309,6 +309,14 @@ impl Upstream {
     /// Targets in `avoid` (tried already by this request) and targets that failed moments
     /// ago are passed over while any other healthy target remains.
     pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<Backend> {
+        // A single target (a service address, one backend) serves whenever it is healthy,
+        // tried or ejected alike: no walk through the balancer, which hashes and allocates
+        // to keep its candidates unique.
+        let backends = self.backends();
+        let all = backends.get_backend();
+        if all.len() == 1 {
+            return all.first().filter(|b| backends.ready(b)).cloned();
+        }
         let now = self.clock.now_ms();
         let tried = |b: &Backend| b.addr.as_inet().is_some_and(|a| avoid.contains(a));
         self.select_with(key, |b, healthy| {
@@ -599,6 +607,26 @@ mod tests {
             }
         }
         assert!((7300..=7700).contains(&first), "{first}");
+    }
+
+    #[tokio::test]
+    async fn a_single_target_serves_while_healthy() {
+        // Nothing listens on the address: the TCP check marks it down after one probe.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let u = upstream(&format!(
+            "targets: [{{ addr: \"127.0.0.1:{port}\" }}]\nhealth_check: {{ type: tcp, unhealthy: 1 }}"
+        ));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Tried already or ejected, it is still the only choice.
+        u.mark_failed(&addr);
+        let b = u.select(b"", &[addr]).unwrap();
+        assert_eq!(b.addr.as_inet(), Some(&addr));
+        u.probe().await;
+        assert!(u.select(b"", &[]).is_none(), "an unhealthy single target was chosen");
     }
 
     #[test]

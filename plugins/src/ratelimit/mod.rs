@@ -101,6 +101,7 @@ pub struct LimitSpec {
     pub tiers: Option<Tiers>,
     /// How many keys the local state holds at most.
     pub max_keys: usize,
+    pub headers: QuotaHeaders,
 }
 
 /// The parts of a request that keys and tiers are drawn from.
@@ -118,6 +119,24 @@ pub struct Subject {
     pub limit: u64,
 }
 
+/// Which quota headers a limit's answers carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum QuotaHeaders {
+    /// `RateLimit-*` and `X-RateLimit-*`.
+    #[default]
+    #[serde(rename = "both")]
+    Both,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` only.
+    #[serde(rename = "ratelimit")]
+    RateLimit,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` only.
+    #[serde(rename = "x-ratelimit")]
+    XRateLimit,
+    /// None: the limit stays silent (a 429 still carries `Retry-After`).
+    #[serde(rename = "none")]
+    None,
+}
+
 /// The outcome of one limit for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -130,6 +149,8 @@ pub struct Verdict {
     pub retry_after: Duration,
     /// Leaky bucket: how long the request waits before it goes on.
     pub delay: Duration,
+    /// The headers that tell the quota.
+    pub headers: QuotaHeaders,
 }
 
 pub struct Limiter {
@@ -187,13 +208,13 @@ impl Limiter {
                 None => ("anonymous".into(), t.anonymous.unwrap_or(self.spec.limit)),
             },
         };
-        use std::fmt::Write;
         let mut key = String::with_capacity(tier.len() + 48);
         key.push_str(&tier);
         key.push('|');
         let by_ip = |key: &mut String| match req.ip {
             Some(ip) => {
-                let _ = write!(key, "ip:{ip}");
+                key.push_str("ip:");
+                key.push_str(crate::ipfilter::IpText::new(ip).as_str());
             }
             None => key.push_str("ip:-"),
         };
@@ -228,7 +249,8 @@ impl Limiter {
                 let (prev, frac) = rate.rate_with(&key, |c| {
                     (c.prev_samples.max(0) as u64, c.current_interval_fraction)
                 });
-                let v = window_verdict(prev, curr, frac, subject.limit, self.spec.window);
+                let mut v = window_verdict(prev, curr, frac, subject.limit, self.spec.window);
+                v.headers = self.spec.headers;
                 if !v.allowed {
                     rate.observe(&key, -1);
                 }
@@ -251,6 +273,7 @@ impl Limiter {
                     reset: Duration::ZERO,
                     retry_after: Duration::from_secs(1),
                     delay: Duration::ZERO,
+                    headers: self.spec.headers,
                 };
                 // A rejected request stops counting at once (the guard's drop).
                 (v, allowed.then_some(guard))
@@ -286,6 +309,7 @@ impl Limiter {
             } else {
                 Duration::ZERO
             },
+            headers: self.spec.headers,
         }
     }
 }
@@ -316,6 +340,7 @@ pub fn window_verdict(prev: u64, curr: u64, frac: f64, limit: u64, window: Durat
         reset,
         retry_after: window.mul_f64(wait),
         delay: Duration::ZERO,
+        headers: QuotaHeaders::Both,
     }
 }
 
@@ -336,28 +361,37 @@ impl Verdict {
         }
     }
 
-    /// `RateLimit-Limit/-Remaining/-Reset` and the same as `X-RateLimit-*`.
-    pub fn headers(&self) -> [(HeaderName, HeaderValue); 6] {
+    /// `RateLimit-Limit/-Remaining/-Reset` and the same as `X-RateLimit-*`, as the limit's
+    /// `headers` setting chooses.
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         self.header_fields()
             .map(|(name, value)| (HeaderName::from_static(name), value))
     }
 
     /// The same, with the names as static text (what Pingora's headers take without
     /// copying the name).
-    pub fn header_fields(&self) -> [(&'static str, HeaderValue); 6] {
-        let (l, r, s) = (
-            HeaderValue::from(self.limit),
-            HeaderValue::from(self.remaining),
-            HeaderValue::from(secs(self.reset)),
-        );
-        [
-            ("ratelimit-limit", l.clone()),
-            ("ratelimit-remaining", r.clone()),
-            ("ratelimit-reset", s.clone()),
-            ("x-ratelimit-limit", l),
-            ("x-ratelimit-remaining", r),
-            ("x-ratelimit-reset", s),
-        ]
+    pub fn header_fields(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+        const BOTH: [&str; 6] = [
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ];
+        let names: &'static [&'static str] = match self.headers {
+            QuotaHeaders::Both => &BOTH,
+            QuotaHeaders::RateLimit => &BOTH[..3],
+            QuotaHeaders::XRateLimit => &BOTH[3..],
+            QuotaHeaders::None => &[],
+        };
+        let values = (!names.is_empty()).then(|| {
+            [self.limit, self.remaining, secs(self.reset)].map(HeaderValue::from)
+        });
+        names
+            .iter()
+            .zip(values.into_iter().flatten().cycle())
+            .map(|(name, value)| (*name, value))
     }
 
     /// The 429 answer: the envelope with `retry_after`, `Retry-After` and the quota headers.
@@ -384,6 +418,7 @@ mod tests {
             burst,
             tiers: None,
             max_keys: 1024,
+            headers: QuotaHeaders::Both,
         }
     }
 

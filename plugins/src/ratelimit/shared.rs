@@ -104,6 +104,7 @@ impl Limiter {
                     self.spec.window,
                 );
                 v.allowed = allowed == 1;
+                v.headers = self.spec.headers;
                 Some(v)
             }
             _ => {
