@@ -233,6 +233,8 @@ def print_ratios(cost):
     """The ratios between the subjects' costs per request, with the goals."""
     print(f"  pingora / nginx   {cost['pingora'] / cost['nginx']:.2f}")
     print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}   (<= 1.05)")
+    if "pingora+fwd" in cost:
+        print(f"  plain / pingora+fwd {cost['plain'] / cost['pingora+fwd']:.2f}   (the same headers set by bare Pingora)")
     print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
     print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= 1.00)")
 

@@ -6,7 +6,8 @@ Each subject runs alone under callgrind in front of the same upstream (nginx ans
 body). After a warm-up, the counters are zeroed, REQUESTS (2000) requests go over one
 keep-alive connection, and the counters are dumped: instructions of the whole process (every
 thread) divided by the requests. Subjects: nginx (one worker, no master), the bare Pingora
-proxy, the gateway's plain route and its full policy chain (the routes of bench.py).
+proxy, the same proxy setting the plain route's forwarding headers (`--forwarding`), the
+gateway's plain route and its full policy chain (the routes of bench.py).
 
 Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN. Needs valgrind (`make bench`
 installs it). Everything listens on 127.0.0.1 only.
@@ -92,6 +93,9 @@ def main():
         results["pingora"] = count([PINGORA_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}"],
                                    port, "/bench", {}, d, "pingora")
         port = free_port()
+        results["pingora+fwd"] = count([PINGORA_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}", "--forwarding"],
+                                       port, "/bench", {}, d, "pingora-fwd")
+        port = free_port()
         yaml = os.path.join(d, "gateway.yaml")
         with open(yaml, "w") as f:
             f.write(bench.gateway_conf(d, port, up))
@@ -104,7 +108,7 @@ def main():
         results["chain"] = count([GATEWAY_BIN, "-c", yaml], port, "/chain", auth, d, "chain", env)
         print(f"instructions per request ({REQUESTS} requests over one keep-alive connection, callgrind)")
         for name, n in results.items():
-            print(f"  {name:<8} {n:>10,.0f}")
+            print(f"  {name:<12} {n:>10,.0f}")
         print("ratios (goal in brackets)")
         bench.print_ratios(results)
         return 0

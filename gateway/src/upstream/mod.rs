@@ -626,7 +626,10 @@ mod tests {
         let b = u.select(b"", &[addr]).unwrap();
         assert_eq!(b.addr.as_inet(), Some(&addr));
         u.probe().await;
-        assert!(u.select(b"", &[]).is_none(), "an unhealthy single target was chosen");
+        assert!(
+            u.select(b"", &[]).is_none(),
+            "an unhealthy single target was chosen"
+        );
     }
 
     #[test]

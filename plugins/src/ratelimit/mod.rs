@@ -371,27 +371,29 @@ impl Verdict {
     /// The same, with the names as static text (what Pingora's headers take without
     /// copying the name).
     pub fn header_fields(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> {
-        const BOTH: [&str; 6] = [
-            "ratelimit-limit",
-            "ratelimit-remaining",
-            "ratelimit-reset",
-            "x-ratelimit-limit",
-            "x-ratelimit-remaining",
-            "x-ratelimit-reset",
-        ];
-        let names: &'static [&'static str] = match self.headers {
-            QuotaHeaders::Both => &BOTH,
-            QuotaHeaders::RateLimit => &BOTH[..3],
-            QuotaHeaders::XRateLimit => &BOTH[3..],
-            QuotaHeaders::None => &[],
+        let (draft, x) = match self.headers {
+            QuotaHeaders::Both => (true, true),
+            QuotaHeaders::RateLimit => (true, false),
+            QuotaHeaders::XRateLimit => (false, true),
+            QuotaHeaders::None => (false, false),
         };
-        let values = (!names.is_empty()).then(|| {
-            [self.limit, self.remaining, secs(self.reset)].map(HeaderValue::from)
-        });
-        names
-            .iter()
-            .zip(values.into_iter().flatten().cycle())
-            .map(|(name, value)| (*name, value))
+        let (l, r, s) = (
+            HeaderValue::from(self.limit),
+            HeaderValue::from(self.remaining),
+            HeaderValue::from(secs(self.reset)),
+        );
+        [
+            ("ratelimit-limit", l.clone()),
+            ("ratelimit-remaining", r.clone()),
+            ("ratelimit-reset", s.clone()),
+            ("x-ratelimit-limit", l),
+            ("x-ratelimit-remaining", r),
+            ("x-ratelimit-reset", s),
+        ]
+        .into_iter()
+        .enumerate()
+        .filter(move |(i, _)| if *i < 3 { draft } else { x })
+        .map(|(_, field)| field)
     }
 
     /// The 429 answer: the envelope with `retry_after`, `Retry-After` and the quota headers.
