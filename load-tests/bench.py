@@ -42,6 +42,8 @@ DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 GATEWAY_BIN = os.environ.get("GATEWAY_BIN", os.path.join(ROOT, "target/release/gateway"))
 PINGORA_BIN = os.environ.get("PINGORA_BIN", os.path.join(ROOT, "target/release/bare-pingora"))
+# The same proxy with the gateway's allocator (mimalloc).
+PINGORA_MI_BIN = PINGORA_BIN + "-mimalloc"
 JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -233,8 +235,10 @@ def print_ratios(cost):
     """The ratios between the subjects' costs per request, with the goals."""
     print(f"  pingora / nginx   {cost['pingora'] / cost['nginx']:.2f}")
     print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}   (<= 1.05)")
-    if "pingora+fwd" in cost:
-        print(f"  plain / pingora+fwd {cost['plain'] / cost['pingora+fwd']:.2f}   (the same headers set by bare Pingora)")
+    for floor, what in (("pingora-mi", "the same allocator"),
+                        ("pingora-mi+fwd", "the same allocator, the same headers set")):
+        if floor in cost:
+            print(f"  plain / {floor:<14} {cost['plain'] / cost[floor]:.2f}   (bare Pingora with {what})")
     print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
     print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= 1.00)")
 

@@ -6,8 +6,10 @@ Each subject runs alone under callgrind in front of the same upstream (nginx ans
 body). After a warm-up, the counters are zeroed, REQUESTS (2000) requests go over one
 keep-alive connection, and the counters are dumped: instructions of the whole process (every
 thread) divided by the requests. Subjects: nginx (one worker, no master), the bare Pingora
-proxy, the same proxy setting the plain route's forwarding headers (`--forwarding`), the
-gateway's plain route and its full policy chain (the routes of bench.py).
+proxy (system allocator, Pingora's default), the same with the gateway's allocator
+(`pingora-mi`), that one also setting the plain route's forwarding headers with fixed values
+(`pingora-mi+fwd`: what Pingora's header maps cost for that work), the gateway's plain route
+and its full policy chain (the routes of bench.py).
 
 Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN. Needs valgrind (`make bench`
 installs it). Everything listens on 127.0.0.1 only.
@@ -25,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-from bench import GATEWAY_BIN, PINGORA_BIN, free_port, nginx, stop_all, upstream_conf, wait_port  # noqa: E402
+from bench import GATEWAY_BIN, PINGORA_BIN, PINGORA_MI_BIN, free_port, nginx, stop_all, upstream_conf, wait_port  # noqa: E402
 
 REQUESTS = int(os.environ.get("REQUESTS", "2000"))
 
@@ -76,7 +78,7 @@ def count(cmd, port, path, headers, d, name, env=None):
 
 
 def main():
-    bench.require(("valgrind",), (GATEWAY_BIN, PINGORA_BIN))
+    bench.require(("valgrind",), (GATEWAY_BIN, PINGORA_BIN, PINGORA_MI_BIN))
     d = tempfile.mkdtemp(prefix="gw-instr-")
     up = free_port()
     procs = []
@@ -93,8 +95,12 @@ def main():
         results["pingora"] = count([PINGORA_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}"],
                                    port, "/bench", {}, d, "pingora")
         port = free_port()
-        results["pingora+fwd"] = count([PINGORA_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}", "--forwarding"],
-                                       port, "/bench", {}, d, "pingora-fwd")
+        results["pingora-mi"] = count([PINGORA_MI_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}"],
+                                      port, "/bench", {}, d, "pingora-mi")
+        port = free_port()
+        results["pingora-mi+fwd"] = count(
+            [PINGORA_MI_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}", "--forwarding"],
+            port, "/bench", {}, d, "pingora-mi-fwd")
         port = free_port()
         yaml = os.path.join(d, "gateway.yaml")
         with open(yaml, "w") as f:
@@ -108,7 +114,7 @@ def main():
         results["chain"] = count([GATEWAY_BIN, "-c", yaml], port, "/chain", auth, d, "chain", env)
         print(f"instructions per request ({REQUESTS} requests over one keep-alive connection, callgrind)")
         for name, n in results.items():
-            print(f"  {name:<12} {n:>10,.0f}")
+            print(f"  {name:<15} {n:>10,.0f}")
         print("ratios (goal in brackets)")
         bench.print_ratios(results)
         return 0
