@@ -236,9 +236,9 @@ def print_ratios(cost):
     print(f"  pingora / nginx   {cost['pingora'] / cost['nginx']:.2f}")
     print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}   (<= 1.05)")
     for floor, what in (("pingora-mi", "the same allocator"),
-                        ("pingora-mi+fwd", "the same allocator, the same headers set")):
+                        ("pingora-mi+work", "the same allocator, headers and timeouts")):
         if floor in cost:
-            print(f"  plain / {floor:<14} {cost['plain'] / cost[floor]:.2f}   (bare Pingora with {what})")
+            print(f"  plain / {floor:<15} {cost['plain'] / cost[floor]:.2f}   (bare Pingora with {what})")
     print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
     print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= 1.00)")
 

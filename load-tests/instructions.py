@@ -7,9 +7,9 @@ body). After a warm-up, the counters are zeroed, REQUESTS (2000) requests go ove
 keep-alive connection, and the counters are dumped: instructions of the whole process (every
 thread) divided by the requests. Subjects: nginx (one worker, no master), the bare Pingora
 proxy (system allocator, Pingora's default), the same with the gateway's allocator
-(`pingora-mi`), that one also setting the plain route's forwarding headers with fixed values
-(`pingora-mi+fwd`: what Pingora's header maps cost for that work), the gateway's plain route
-and its full policy chain (the routes of bench.py).
+(`pingora-mi`), that one also asking of Pingora what the plain route asks (`pingora-mi+work`:
+the same headers set, with fixed values, and the same upstream timeouts), the gateway's plain
+route and its full policy chain (the routes of bench.py).
 
 Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN. Needs valgrind (`make bench`
 installs it). Everything listens on 127.0.0.1 only.
@@ -98,9 +98,9 @@ def main():
         results["pingora-mi"] = count([PINGORA_MI_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}"],
                                       port, "/bench", {}, d, "pingora-mi")
         port = free_port()
-        results["pingora-mi+fwd"] = count(
-            [PINGORA_MI_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}", "--forwarding"],
-            port, "/bench", {}, d, "pingora-mi-fwd")
+        results["pingora-mi+work"] = count(
+            [PINGORA_MI_BIN, f"127.0.0.1:{port}", f"127.0.0.1:{up}", "--gateway-work"],
+            port, "/bench", {}, d, "pingora-mi-work")
         port = free_port()
         yaml = os.path.join(d, "gateway.yaml")
         with open(yaml, "w") as f:

@@ -1,9 +1,11 @@
 //! A bare Pingora reverse proxy: every request to one upstream over pooled keep-alive
-//! connections, nothing else. `bare-pingora LISTEN UPSTREAM [--forwarding]`, one worker
+//! connections, nothing else. `bare-pingora LISTEN UPSTREAM [--gateway-work]`, one worker
 //! thread. The benchmarks compare the gateway with it to see what the gateway's own code
-//! costs. With `--forwarding` it also sets the headers the gateway's plain route sets
-//! (`X-Forwarded-For/-Proto/-Host`, `X-Request-Id`, `traceparent`, and `X-Request-Id` on the
-//! response), with fixed values: what Pingora's header maps alone cost for that work.
+//! costs. With `--gateway-work` it also does what the gateway's plain route asks of Pingora
+//! itself: it sets the same headers (`X-Forwarded-For/-Proto/-Host`, `X-Request-Id`,
+//! `traceparent`, and `X-Request-Id` on the response) with fixed values, and gives the
+//! upstream the gateway's default timeouts (connect 1 s, read and write 30 s, idle 60 s).
+//! What remains between it and the gateway is the gateway's own logic.
 //!
 //! Two binaries: `bare-pingora` with the system allocator (Pingora's default) and
 //! `bare-pingora-mimalloc` with the gateway's, to tell Pingora's cost from the allocator's.
@@ -12,10 +14,11 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use std::time::Duration;
 
 struct Bare {
     upstream: std::net::SocketAddr,
-    forwarding: bool,
+    gateway_work: bool,
 }
 
 /// Fixed values: the floor pays for the header maps alone, nothing to compute.
@@ -36,7 +39,15 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.gateway_work {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(Duration::from_secs(1));
+            o.read_timeout = Some(Duration::from_secs(30));
+            o.write_timeout = Some(Duration::from_secs(30));
+            o.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -45,7 +56,7 @@ impl ProxyHttp for Bare {
         req: &mut RequestHeader,
         _: &mut (),
     ) -> Result<()> {
-        if self.forwarding {
+        if self.gateway_work {
             for (name, value) in REQUEST_HEADERS {
                 req.insert_header(name, HeaderValue::from_static(value))?;
             }
@@ -59,7 +70,7 @@ impl ProxyHttp for Bare {
         resp: &mut ResponseHeader,
         _: &mut (),
     ) -> Result<()> {
-        if self.forwarding {
+        if self.gateway_work {
             resp.insert_header(
                 "x-request-id",
                 HeaderValue::from_static(REQUEST_HEADERS[3].1),
@@ -72,7 +83,7 @@ impl ProxyHttp for Bare {
 pub fn run() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bare-pingora LISTEN UPSTREAM [--forwarding]");
+        eprintln!("usage: bare-pingora LISTEN UPSTREAM [--gateway-work]");
         std::process::exit(2);
     };
     let Ok(upstream) = upstream.parse() else {
@@ -85,12 +96,12 @@ pub fn run() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let forwarding = args.get(3).is_some_and(|a| a == "--forwarding");
+    let gateway_work = args.get(3).is_some_and(|a| a == "--gateway-work");
     let mut proxy = http_proxy_service(
         &server.configuration,
         Bare {
             upstream,
-            forwarding,
+            gateway_work,
         },
     );
     proxy.add_tcp(listen);
