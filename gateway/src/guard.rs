@@ -224,6 +224,9 @@ pub struct HeadDeadline {
     timeout: Duration,
     phase: SharedPhase,
     head: HeadEnd,
+    /// When the current head must be in. The timer below is set to it only when a read
+    /// has to wait: most heads arrive in one read and never touch the timer.
+    due: Instant,
     deadline: Pin<Box<Sleep>>,
     /// Bytes read while telling h2c from HTTP/1, served before anything else.
     replay: BytesMut,
@@ -236,6 +239,7 @@ impl HeadDeadline {
             timeout,
             phase: SharedPhase(AtomicU8::new(Phase::Head as u8)),
             head: HeadEnd::default(),
+            due: Instant::now() + timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             replay: BytesMut::new(),
         }
@@ -249,8 +253,7 @@ impl HeadDeadline {
         if self.phase.get() == Phase::Idle {
             self.phase.set(Phase::Head);
             self.head = HeadEnd::default();
-            let at = Instant::now() + self.timeout;
-            self.deadline.as_mut().reset(at);
+            self.due = Instant::now() + self.timeout;
         }
         if self.phase.get() == Phase::Head && self.head.feed(data) {
             self.phase.set(Phase::Body);
@@ -285,8 +288,13 @@ impl AsyncRead for HeadDeadline {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase.get() == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(Self::timed_out()));
+                if this.phase.get() == Phase::Head {
+                    if this.deadline.deadline() != this.due {
+                        this.deadline.as_mut().reset(this.due);
+                    }
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(Self::timed_out()));
+                    }
                 }
                 Poll::Pending
             }
@@ -321,7 +329,7 @@ impl Peek for HeadDeadline {
         while self.replay.len() < buf.len() && H2_PREFACE.starts_with(&self.replay) {
             let start = self.replay.len();
             let read = self.inner.read_buf(&mut self.replay);
-            let n = match tokio::time::timeout_at(self.deadline.deadline(), read).await {
+            let n = match tokio::time::timeout_at(self.due, read).await {
                 Ok(r) => r?,
                 Err(_) => return Err(Self::timed_out()),
             };

@@ -175,6 +175,25 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
         );
         std::thread::sleep(Duration::from_millis(1500));
     }
+    // The next head on the same connection gets its own deadline, from its first byte.
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut buf = [0u8; 64];
+        match (s.write_all(b"a"), s.read(&mut buf)) {
+            (Err(_), _) | (_, Ok(0)) => break t.elapsed(),
+            (_, Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => break t.elapsed(),
+            _ if t.elapsed() > Duration::from_secs(10) => break t.elapsed(),
+            _ => {}
+        }
+    };
+    assert!(
+        cut >= Duration::from_millis(800) && cut < Duration::from_secs(4),
+        "slow second head cut off after {cut:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
