@@ -17,7 +17,8 @@ For each round: requests/s, p50 and p99 latency, the proxy's CPU microseconds pe
 bottleneck) and its peak resident memory; then medians and the ratios.
 
 Environment: ROUNDS (3), DURATION seconds per round (10), CONNECTIONS (50),
-GATEWAY_BIN (target/release/gateway), PINGORA_BIN (target/release/bare-pingora).
+GATEWAY_BIN (target/release/gateway), PINGORA_BIN (target/release/bare-pingora),
+QUOTA_HEADERS (the chain's rate limits' `headers` setting; unset: the default, both).
 Everything listens on 127.0.0.1 only.
 """
 
@@ -44,6 +45,8 @@ GATEWAY_BIN = os.environ.get("GATEWAY_BIN", os.path.join(ROOT, "target/release/g
 PINGORA_BIN = os.environ.get("PINGORA_BIN", os.path.join(ROOT, "target/release/bare-pingora"))
 # The same proxy with the gateway's allocator (mimalloc).
 PINGORA_MI_BIN = PINGORA_BIN + "-mimalloc"
+# The chain's rate limits' `headers` setting (both, ratelimit, x-ratelimit, none); unset: the default.
+QUOTA_HEADERS = os.environ.get("QUOTA_HEADERS", "")
 JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -177,6 +180,7 @@ server:
 
 
 def gateway_conf(d, port, up):
+    quota = f", headers: {QUOTA_HEADERS}" if QUOTA_HEADERS else ""
     return server_block(d, port) + f"""upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
@@ -191,8 +195,8 @@ routes:
     plugins:
       jwt: {{ algorithms: [HS256], keys: {{ secret_env: BENCH_JWT_SECRET }}, forward_claims: {{ sub: X-User-Id }} }}
       rate_limit:
-        - {{ algorithm: sliding_window, key: ip, limit: 100000000 }}
-        - {{ algorithm: token_bucket, key: "claim:sub", limit: 100000000 }}
+        - {{ algorithm: sliding_window, key: ip, limit: 100000000{quota} }}
+        - {{ algorithm: token_bucket, key: "claim:sub", limit: 100000000{quota} }}
   - name: plain
     match: {{ path: {{ prefix: / }} }}
     upstream: up
