@@ -130,6 +130,8 @@ async fn forwarding_headers_request_id_and_rewrites() {
         .header("x-internal", "secret")
         .header("x-env", "dev")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("X-Gateway-Route", "admin")
+        .header("x-gateway-claims", "{\"sub\":\"admin\"}")
         .send()
         .await
         .unwrap();
@@ -147,6 +149,9 @@ async fn forwarding_headers_request_id_and_rewrites() {
     assert_eq!(h["x-request-id"], id);
     assert_eq!(h["x-env"], "prod");
     assert!(!h.contains_key("x-internal"));
+    // Only the gateway speaks to the fan-out service in X-Gateway-* headers.
+    assert!(!h.contains_key("x-gateway-route"), "{h:?}");
+    assert!(!h.contains_key("x-gateway-claims"), "{h:?}");
 
     // A client's request id is kept and echoed.
     let r = c
