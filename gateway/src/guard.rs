@@ -234,13 +234,14 @@ pub struct HeadDeadline {
 
 impl HeadDeadline {
     fn new(inner: Stream, timeout: Duration) -> Self {
+        let due = Instant::now() + timeout;
         HeadDeadline {
             inner,
             timeout,
             phase: SharedPhase(AtomicU8::new(Phase::Head as u8)),
             head: HeadEnd::default(),
-            due: Instant::now() + timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            due,
+            deadline: Box::pin(tokio::time::sleep_until(due)),
             replay: BytesMut::new(),
         }
     }
