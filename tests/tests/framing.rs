@@ -104,6 +104,28 @@ async fn bodies_over_max_body_bytes_get_413_and_big_heads_431() {
     assert_eq!(u.requests(), before);
 }
 
+/// Start a request head on `s` and add a byte to it every 200 ms, never ending it: how long
+/// until the gateway closes the connection (10 s at the most).
+fn slow_head(s: &mut TcpStream, path: &str) -> Duration {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-Slow: ").as_bytes())
+        .unwrap();
+    while t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        if s.write_all(b"a").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
+            _ => {}
+        }
+    }
+    t.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     let u = Upstream::start("u").await;
@@ -112,23 +134,7 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     // Slowloris: a header byte every 200 ms, never the blank line.
     let slow = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let t = Instant::now();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-            .unwrap();
-        while t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(200));
-            if s.write_all(b"a").is_err() {
-                return t.elapsed();
-            }
-            let mut buf = [0u8; 64];
-            match s.read(&mut buf) {
-                Ok(0) => return t.elapsed(),
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return t.elapsed(),
-                _ => {}
-            }
-        }
-        t.elapsed()
+        slow_head(&mut s, "/")
     });
     // Meanwhile, normal clients are served.
     let c = client();
@@ -176,20 +182,7 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     // The next head on the same connection gets its own deadline, from its first byte.
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let t = Instant::now();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-        .unwrap();
-    let cut = loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let mut buf = [0u8; 64];
-        match (s.write_all(b"a"), s.read(&mut buf)) {
-            (Err(_), _) | (_, Ok(0)) => break t.elapsed(),
-            (_, Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => break t.elapsed(),
-            _ if t.elapsed() > Duration::from_secs(10) => break t.elapsed(),
-            _ => {}
-        }
-    };
+    let cut = slow_head(&mut s, "/slow");
     assert!(
         cut >= Duration::from_millis(800) && cut < Duration::from_secs(4),
         "slow second head cut off after {cut:?}"
