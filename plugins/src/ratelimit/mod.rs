@@ -249,8 +249,7 @@ impl Limiter {
                 let (prev, frac) = rate.rate_with(&key, |c| {
                     (c.prev_samples.max(0) as u64, c.current_interval_fraction)
                 });
-                let mut v = window_verdict(prev, curr, frac, subject.limit, self.spec.window);
-                v.headers = self.spec.headers;
+                let v = self.window_verdict(prev, curr, frac, subject.limit);
                 if !v.allowed {
                     rate.observe(&key, -1);
                 }
@@ -312,35 +311,36 @@ impl Limiter {
             headers: self.spec.headers,
         }
     }
-}
 
-/// The sliding-window decision from the previous window's count, the current one's (this
-/// request included) and how far into the current window we are.
-pub fn window_verdict(prev: u64, curr: u64, frac: f64, limit: u64, window: Duration) -> Verdict {
-    let frac = frac.clamp(0.0, 1.0);
-    let estimate = prev as f64 * (1.0 - frac) + curr as f64;
-    // A hair of slack so that float rounding never refuses the last allowed request.
-    let allowed = estimate <= limit as f64 + 1e-9;
-    let reset = window.mul_f64(1.0 - frac);
-    // Without this request, how much of the window must pass until one more fits.
-    let curr_before = curr.saturating_sub(1) as f64;
-    let room = limit.saturating_sub(1) as f64;
-    let wait = if curr_before <= room && prev > 0 {
-        (1.0 - (room - curr_before) / prev as f64 - frac).max(0.0)
-    } else if curr_before <= room {
-        0.0
-    } else {
-        (1.0 - frac) + (1.0 - room / curr_before).max(0.0)
-    };
-    let used = if allowed { estimate } else { estimate - 1.0 };
-    Verdict {
-        allowed,
-        limit,
-        remaining: (limit as f64 - used.ceil()).max(0.0) as u64,
-        reset,
-        retry_after: window.mul_f64(wait),
-        delay: Duration::ZERO,
-        headers: QuotaHeaders::Both,
+    /// The sliding-window decision from the previous window's count, the current one's (this
+    /// request included) and how far into the current window we are.
+    fn window_verdict(&self, prev: u64, curr: u64, frac: f64, limit: u64) -> Verdict {
+        let window = self.spec.window;
+        let frac = frac.clamp(0.0, 1.0);
+        let estimate = prev as f64 * (1.0 - frac) + curr as f64;
+        // A hair of slack so that float rounding never refuses the last allowed request.
+        let allowed = estimate <= limit as f64 + 1e-9;
+        let reset = window.mul_f64(1.0 - frac);
+        // Without this request, how much of the window must pass until one more fits.
+        let curr_before = curr.saturating_sub(1) as f64;
+        let room = limit.saturating_sub(1) as f64;
+        let wait = if curr_before <= room && prev > 0 {
+            (1.0 - (room - curr_before) / prev as f64 - frac).max(0.0)
+        } else if curr_before <= room {
+            0.0
+        } else {
+            (1.0 - frac) + (1.0 - room / curr_before).max(0.0)
+        };
+        let used = if allowed { estimate } else { estimate - 1.0 };
+        Verdict {
+            allowed,
+            limit,
+            remaining: (limit as f64 - used.ceil()).max(0.0) as u64,
+            reset,
+            retry_after: window.mul_f64(wait),
+            delay: Duration::ZERO,
+            headers: self.spec.headers,
+        }
     }
 }
 
@@ -460,15 +460,16 @@ mod tests {
     #[test]
     fn window_estimate_weighs_the_previous_window() {
         // 10 in the previous window, 30% into this one: 7 still count.
-        let v = window_verdict(10, 3, 0.3, 10, Duration::from_secs(1));
+        let l = Limiter::new(spec(Algorithm::SlidingWindow, 10, None));
+        let v = l.window_verdict(10, 3, 0.3, 10);
         assert!(v.allowed);
         assert_eq!(v.remaining, 0);
-        let v = window_verdict(10, 4, 0.3, 10, Duration::from_secs(1));
+        let v = l.window_verdict(10, 4, 0.3, 10);
         assert!(!v.allowed);
         // One more fits once the previous window weighs 6: at 40%.
         let wait = v.retry_after.as_secs_f64();
         assert!((wait - 0.1).abs() < 1e-6, "{wait}");
-        let v = window_verdict(0, 11, 0.5, 10, Duration::from_secs(1));
+        let v = l.window_verdict(0, 11, 0.5, 10);
         assert!(!v.allowed);
         assert_eq!(v.reset, Duration::from_millis(500));
     }

@@ -3,7 +3,7 @@
 //! once and calls it by its SHA; these functions only say what to send and read the reply.
 
 use super::gcra::Gcra;
-use super::{window_verdict, Algorithm, Limiter, Subject, Verdict};
+use super::{Algorithm, Limiter, Subject, Verdict};
 
 /// Sliding window: the counts of this window and the previous one, in two keys that expire
 /// by themselves. KEYS[1]: the key prefix; ARGV: window in ms, limit.
@@ -96,15 +96,8 @@ impl Limiter {
             Algorithm::SlidingWindow => {
                 let (allowed, prev, curr, into) = (n(0)?, n(1)?, n(2)?, n(3)?);
                 let window = self.spec.window.as_millis().max(1) as f64;
-                let mut v = window_verdict(
-                    prev,
-                    curr,
-                    into as f64 / window,
-                    subject.limit,
-                    self.spec.window,
-                );
+                let mut v = self.window_verdict(prev, curr, into as f64 / window, subject.limit);
                 v.allowed = allowed == 1;
-                v.headers = self.spec.headers;
                 Some(v)
             }
             _ => {
