@@ -39,6 +39,7 @@ static VERIFIERS: LazyLock<Vec<JwtVerifier>> = LazyLock::new(|| {
         issuer: Some("https://auth.test"),
         audience: Some("api"),
         leeway_secs: 30,
+        require_exp: true,
         optional: false,
         forward_claims: &forward,
         cache_size: 16,

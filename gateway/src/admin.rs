@@ -117,12 +117,8 @@ impl AdminApp {
     }
 
     fn config(&self) -> Value {
-        let mut cfg = serde_json::to_value(self.reloader.config()).unwrap_or(Value::Null);
-        if let Some(server) = cfg.get_mut("server").and_then(Value::as_object_mut) {
-            if server.get("admin_token").is_some_and(|t| !t.is_null()) {
-                server.insert("admin_token".into(), Value::from("<redacted>"));
-            }
-        }
+        // Credentials serialize as `<redacted>` (config::Secret).
+        let cfg = serde_json::to_value(self.reloader.config()).unwrap_or(Value::Null);
         json!({"reload": self.reloader.status(), "config": cfg})
     }
 

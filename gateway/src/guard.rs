@@ -111,6 +111,9 @@ impl SharedPhase {
 pub struct Framing {
     pub content_length: u8,
     pub transfer_encoding: u8,
+    /// The request line was not `METHOD SP TARGET SP VERSION`: a raw space in the target
+    /// (which Pingora would percent-encode and pass), a control byte, or a bare CR.
+    pub bad_request_line: bool,
 }
 
 const CONTENT_LENGTH: &[u8] = b"content-length";
@@ -128,6 +131,11 @@ struct HeadEnd {
     maybe_cl: bool,
     maybe_te: bool,
     framing: Framing,
+    /// The request line has ended; until then its bytes are checked one by one.
+    request_line_done: bool,
+    request_line_spaces: u8,
+    /// A CR was seen on the request line: only its line feed may follow.
+    request_line_cr: bool,
 }
 
 /// Match one byte of a line against a field name followed by a colon.
@@ -156,6 +164,12 @@ impl HeadEnd {
                 return false;
             };
             self.text(&rest[..i]);
+            if self.seen_text && !self.request_line_done {
+                self.request_line_done = true;
+                if self.request_line_spaces != 2 {
+                    self.framing.bad_request_line = true;
+                }
+            }
             if self.seen_text && self.line_empty {
                 return true;
             }
@@ -172,6 +186,10 @@ impl HeadEnd {
         if seg.iter().any(|b| *b != b'\r') {
             self.seen_text = true;
             self.line_empty = false;
+        }
+        if self.seen_text && !self.request_line_done {
+            self.request_line(seg);
+            return;
         }
         for &b in seg {
             if !(self.maybe_cl || self.maybe_te) {
@@ -193,6 +211,23 @@ impl HeadEnd {
                 &mut f.transfer_encoding,
             );
             self.col += 1;
+        }
+    }
+}
+
+impl HeadEnd {
+    /// A piece of the request line: exactly two spaces, no control byte, CR only at the end.
+    fn request_line(&mut self, seg: &[u8]) {
+        for &b in seg {
+            if self.request_line_cr {
+                self.framing.bad_request_line = true;
+            }
+            match b {
+                b' ' => self.request_line_spaces = self.request_line_spaces.saturating_add(1),
+                b'\r' => self.request_line_cr = true,
+                0..=0x1f | 0x7f => self.framing.bad_request_line = true,
+                _ => {}
+            }
         }
     }
 }
@@ -418,7 +453,8 @@ mod tests {
             h.framing,
             super::Framing {
                 content_length: 1,
-                transfer_encoding: 1
+                transfer_encoding: 1,
+                bad_request_line: false,
             }
         );
         assert!(HeadEnd::default().feed(b"GET / HTTP/1.1\nHost: a\n\n"));
@@ -428,6 +464,32 @@ mod tests {
         let mut h = HeadEnd::default();
         for part in [&b"GET / HT"[..], b"TP/1.1\r", b"\nHost: a\r\n\r", b"\n"] {
             if h.feed(part) {
+                return;
+            }
+        }
+        panic!("head end not found across reads");
+    }
+
+    #[test]
+    fn request_lines_with_raw_spaces_or_control_bytes_are_flagged() {
+        let bad = |head: &[u8]| {
+            let mut h = HeadEnd::default();
+            assert!(h.feed(head), "{}", head.escape_ascii());
+            h.framing.bad_request_line
+        };
+        assert!(!bad(b"GET /a?b=c HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!bad(b"\r\nGET / HTTP/1.1\nHost: a b\n\n"));
+        assert!(bad(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(bad(b"GET  / HTTP/1.1\r\n\r\n"));
+        assert!(bad(b"GET /a\tb HTTP/1.1\r\n\r\n"));
+        assert!(bad(b"GET /a\x00 HTTP/1.1\r\n\r\n"));
+        assert!(bad(b"GET /a\rb HTTP/1.1\r\n\r\n"));
+        assert!(bad(b"GET /\r\r\n\r\n"));
+        // Split across reads.
+        let mut h = HeadEnd::default();
+        for part in [&b"GET /a"[..], b" b HT", b"TP/1.1\r", b"\n\r\n"] {
+            if h.feed(part) {
+                assert!(h.framing.bad_request_line);
                 return;
             }
         }

@@ -2,6 +2,7 @@
 //! at most once per `refetch_min_secs`, when a token names a key id the set does not hold
 //! (the issuer rotated its keys). A failed fetch keeps the keys already loaded.
 
+use crate::config::SecretUrl;
 use crate::metrics::METRICS;
 use crate::upstream::load_ca;
 use bytes::BytesMut;
@@ -28,17 +29,20 @@ pub struct JwksUrl {
 }
 
 impl JwksUrl {
-    pub fn parse(url: &str) -> Result<JwksUrl, String> {
-        let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    /// Errors show the URL with its credentials redacted.
+    pub fn parse(secret: &SecretUrl) -> Result<JwksUrl, String> {
+        let url = secret.expose();
+        let shown = secret.redacted();
+        let uri: http::Uri = url.parse().map_err(|_| format!("{shown:?} is not a URL"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{url:?}: the scheme must be http or https")),
+            _ => return Err(format!("{shown:?}: the scheme must be http or https")),
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("{url:?} names no host"))?;
+            .ok_or_else(|| format!("{shown:?} names no host"))?;
         Ok(JwksUrl {
             tls,
             host: host
@@ -78,7 +82,7 @@ impl RemoteJwks {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         route: &str,
-        url: &str,
+        url: &SecretUrl,
         verifier: Arc<JwtVerifier>,
         refresh: Duration,
         refetch_min: Duration,
@@ -155,11 +159,12 @@ impl RemoteJwks {
                 "ok"
             }
             Err(e) => {
+                // The path only: a query may carry a key.
+                let path = self.url.target.split('?').next().unwrap_or("");
                 log::warn!(
-                    "route {}: JWKS from {}{} not loaded, the previous keys stay: {e}",
+                    "route {}: JWKS from {}{path} not loaded, the previous keys stay: {e}",
                     self.route,
                     self.url.host,
-                    self.url.target
                 );
                 "error"
             }
@@ -231,18 +236,21 @@ impl RemoteJwks {
 
 #[cfg(test)]
 mod tests {
-    use super::JwksUrl;
+    use super::{JwksUrl, SecretUrl};
 
     #[test]
     fn urls() {
-        let u = JwksUrl::parse("https://auth.example.com/.well-known/jwks.json?x=1").unwrap();
+        let u = JwksUrl::parse(&SecretUrl::new(
+            "https://auth.example.com/.well-known/jwks.json?x=1",
+        ))
+        .unwrap();
         assert_eq!(
             (u.tls, u.host.as_str(), u.port, u.target.as_str()),
             (true, "auth.example.com", 443, "/.well-known/jwks.json?x=1")
         );
-        let u = JwksUrl::parse("http://127.0.0.1:8000").unwrap();
+        let u = JwksUrl::parse(&SecretUrl::new("http://127.0.0.1:8000")).unwrap();
         assert_eq!((u.tls, u.port, u.target.as_str()), (false, 8000, "/"));
-        assert!(JwksUrl::parse("ftp://x/keys").is_err());
-        assert!(JwksUrl::parse("/keys").is_err());
+        assert!(JwksUrl::parse(&SecretUrl::new("ftp://x/keys")).is_err());
+        assert!(JwksUrl::parse(&SecretUrl::new("/keys")).is_err());
     }
 }

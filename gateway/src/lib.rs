@@ -9,6 +9,7 @@ pub mod guard;
 pub mod jwks;
 pub mod metrics;
 pub mod mirror;
+pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

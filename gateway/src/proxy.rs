@@ -7,6 +7,7 @@ use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
 use crate::guard::Framing;
 use crate::metrics::METRICS;
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
+use crate::path::PathOptions;
 use crate::ratelimit;
 use crate::router::RequestView;
 use crate::runtime::{RequestLimits, Route, Runtime, RuntimeHandle};
@@ -28,6 +29,7 @@ use plugins::cors::{Preflight, ORIGIN};
 use plugins::ratelimit::{Guard, RequestKeys, Verdict};
 use plugins::retry::Failure;
 use plugins::{GatewayError, HeaderTarget};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -281,6 +283,9 @@ fn check_head(
     limits: &RequestLimits,
 ) -> Result<(), GatewayError> {
     let h = &req.headers;
+    if framing.bad_request_line {
+        return Err(GatewayError::new(400, "invalid request line"));
+    }
     // As sent, before Pingora's parser reconciled them.
     if framing.content_length > 0 && framing.transfer_encoding > 0 {
         return Err(GatewayError::new(
@@ -344,6 +349,41 @@ fn check_head(
         }
         _ => Ok(()),
     }
+}
+
+/// Put the request's path in its normal form (see [`crate::path`]) in place, before anything
+/// reads it: routing, the route's policies, the upstream request, the mirror and the access
+/// log all see the one path. A target the client sent in absolute form is rewritten to
+/// origin form here, so its raw bytes are not what goes upstream.
+fn normalize_target(session: &mut Session, opts: &PathOptions) -> Result<(), GatewayError> {
+    let req = session.req_header();
+    if !req.raw_path_is_utf8() {
+        return Err(bad_path("request target is not UTF-8"));
+    }
+    let path = match crate::path::normalize(req.uri.path(), opts) {
+        Ok(Cow::Borrowed(_)) if req.raw_path() == path_and_query(req).as_bytes() => return Ok(()),
+        Ok(p) => p.into_owned(),
+        Err(e) => return Err(bad_path(e.reason())),
+    };
+    let mut target = path;
+    if let Some(q) = req.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = req.uri.scheme().cloned();
+    parts.authority = req.uri.authority().cloned();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(target)
+            .map_err(|_| bad_path("invalid request target"))?,
+    );
+    let uri = http::Uri::from_parts(parts).map_err(|_| bad_path("invalid request target"))?;
+    session.req_header_mut().set_uri(uri);
+    Ok(())
+}
+
+fn bad_path(reason: &'static str) -> GatewayError {
+    GatewayError::new(400, "invalid path").with_data(serde_json::json!({ "reason": reason }))
 }
 
 fn too_large(max: u64) -> GatewayError {
@@ -484,6 +524,11 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, e).await?;
             return Ok(true);
         }
+        if let Err(e) = normalize_target(session, &ctx.rt.limits.paths) {
+            respond(session, ctx, e).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         let host = match request_host(req) {
             Ok(Some(h)) if h.len() <= MAX_HOST_LEN => h,
             Ok(Some(_)) => {

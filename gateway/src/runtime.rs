@@ -66,6 +66,8 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// How paths are normalized before routing.
+    pub paths: crate::path::PathOptions,
 }
 
 pub struct Mirror {
@@ -288,6 +290,15 @@ impl Runtime {
                 max_body_bytes: config.server.max_body_bytes,
                 max_header_bytes: config.server.max_header_bytes,
                 max_headers: config.server.max_headers,
+                paths: crate::path::PathOptions {
+                    merge_slashes: config.server.paths.merge_slashes,
+                    escaped_slashes: match config.server.paths.escaped_slashes {
+                        crate::config::EscapedSlashes::Reject => {
+                            crate::path::EscapedSlashes::Reject
+                        }
+                        crate::config::EscapedSlashes::Keep => crate::path::EscapedSlashes::Keep,
+                    },
+                },
             },
             trusted_proxies: config
                 .server
@@ -305,8 +316,11 @@ impl Runtime {
                         None => (
                             cfg.clone(),
                             Arc::new(
-                                RedisStore::new(&cfg.url, Duration::from_millis(cfg.timeout_ms))
-                                    .map_err(|e| format!("server.redis.url: {e}"))?,
+                                RedisStore::new(
+                                    cfg.url.expose(),
+                                    Duration::from_millis(cfg.timeout_ms),
+                                )
+                                .map_err(|e| format!("server.redis.url: {e}"))?,
                             ),
                         ),
                     },
@@ -379,8 +393,11 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
     let text: String;
     let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
         (None, None, None) if k.jwks_url.is_some() => {
-            let url = k.jwks_url.as_deref().unwrap_or("");
-            crate::jwks::JwksUrl::parse(url).map_err(|e| ("keys.jwks_url".into(), e))?;
+            let url = k
+                .jwks_url
+                .clone()
+                .unwrap_or_else(|| crate::config::SecretUrl::new(""));
+            crate::jwks::JwksUrl::parse(&url).map_err(|e| ("keys.jwks_url".into(), e))?;
             if let Some(ca) = &k.ca_file {
                 crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?;
             }
@@ -436,6 +453,7 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
             issuer: cfg.issuer.as_deref(),
             audience: cfg.audience.as_deref(),
             leeway_secs: cfg.leeway_secs,
+            require_exp: cfg.require_exp,
             optional: cfg.optional,
             forward_claims: &forward,
             cache_size: cfg.cache_tokens,

@@ -22,7 +22,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 impl RedisStore {
     /// Parse the URL; nothing is connected until the first call.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("{url:?}: {e}"))?;
+        // The URL may hold a password: the error does not repeat it.
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         Ok(RedisStore {
             client,
             timeout,

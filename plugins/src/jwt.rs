@@ -78,6 +78,8 @@ pub struct JwtSettings<'a> {
     pub issuer: Option<&'a str>,
     pub audience: Option<&'a str>,
     pub leeway_secs: u64,
+    /// Refuse tokens without `exp` (a present `exp` is always checked).
+    pub require_exp: bool,
     pub optional: bool,
     /// claim name -> header sent upstream
     pub forward_claims: &'a [(String, String)],
@@ -156,11 +158,21 @@ impl JwtVerifier {
             let mut v = Validation::new(alg);
             v.leeway = s.leeway_secs;
             v.validate_nbf = true;
+            // A configured issuer or audience must be in the token, not just match when
+            // present; `exp` is required unless the route says otherwise.
+            v.required_spec_claims.clear();
+            if s.require_exp {
+                v.required_spec_claims.insert("exp".into());
+            }
             if let Some(iss) = s.issuer {
                 v.set_issuer(&[iss]);
+                v.required_spec_claims.insert("iss".into());
             }
             match s.audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    v.required_spec_claims.insert("aud".into());
+                }
                 None => v.validate_aud = false,
             }
             validations.insert(alg, v);
@@ -241,13 +253,18 @@ impl JwtVerifier {
     fn in_time(&self, v: &Verified) -> bool {
         let now = jsonwebtoken::get_current_timestamp();
         v.exp
-            .is_some_and(|exp| exp >= now.saturating_sub(self.leeway))
+            .is_none_or(|exp| exp >= now.saturating_sub(self.leeway))
             && v.nbf.is_none_or(|nbf| nbf <= now + self.leeway)
     }
 
     /// Full verification: header, key, signature, registered claims.
     fn verify_token(&self, token: &[u8]) -> Result<Value, GatewayError> {
         let header = decode_header(token).map_err(|_| invalid("malformed token"))?;
+        // RFC 7515 section 4.1.11: extensions listed in `crit` must be understood, and the
+        // gateway understands none.
+        if header.crit.is_some() {
+            return Err(invalid("unsupported critical header"));
+        }
         let Some(validation) = self.validations.get(&header.alg) else {
             return Err(invalid("algorithm not accepted"));
         };
@@ -266,7 +283,7 @@ impl JwtVerifier {
         for k in candidates {
             any_key = true;
             match decode::<Value>(token, &k.key, validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return self.check_iat(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind::*;
                     last_error = match e.kind() {
@@ -275,7 +292,11 @@ impl JwtVerifier {
                         InvalidIssuer => "wrong issuer",
                         InvalidAudience => "wrong audience",
                         InvalidSignature => "bad signature",
-                        MissingRequiredClaim(_) => "missing exp claim",
+                        MissingRequiredClaim(c) => match c.as_str() {
+                            "iss" => "missing iss claim",
+                            "aud" => "missing aud claim",
+                            _ => "missing exp claim",
+                        },
                         InvalidAlgorithm => "algorithm not accepted",
                         _ => "malformed token",
                     };
@@ -295,6 +316,21 @@ impl JwtVerifier {
             }));
         }
         Err(invalid(last_error))
+    }
+
+    /// An `iat` (issued at) later than now, beyond the leeway, is refused: such a token was
+    /// minted by a clock or a party that cannot be trusted.
+    fn check_iat(&self, claims: Value) -> Result<Value, GatewayError> {
+        match claims.get("iat") {
+            None => Ok(claims),
+            Some(iat) => match iat.as_f64() {
+                Some(t) if t <= (jsonwebtoken::get_current_timestamp() + self.leeway) as f64 => {
+                    Ok(claims)
+                }
+                Some(_) => Err(invalid("token issued in the future")),
+                None => Err(invalid("malformed iat claim")),
+            },
+        }
     }
 
     /// Replace the keys with those of a JWKS document; the number of keys taken.
@@ -360,6 +396,7 @@ mod tests {
                 issuer: Some("https://auth.test"),
                 audience: Some("api"),
                 leeway_secs: 0,
+                require_exp: true,
                 optional,
                 forward_claims: &[("sub".to_string(), "x-user-id".to_string())],
                 cache_size: 64,
@@ -414,6 +451,7 @@ mod tests {
                 issuer: None,
                 audience: None,
                 leeway_secs: 0,
+                require_exp: true,
                 optional: false,
                 forward_claims: &[],
                 cache_size: 8,
@@ -463,6 +501,50 @@ mod tests {
         );
         assert_eq!(with(&|c| c["iss"] = json!("https://evil")), "wrong issuer");
         assert_eq!(with(&|c| c["aud"] = json!("other")), "wrong audience");
+        assert_eq!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+            "missing iss claim"
+        );
+        assert_eq!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            "missing aud claim"
+        );
+        assert_eq!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "missing exp claim"
+        );
+        assert_eq!(
+            with(&|c| c["iat"] = json!(now() + 120)),
+            "token issued in the future"
+        );
+        assert_eq!(
+            with(&|c| c["iat"] = json!("yesterday")),
+            "malformed iat claim"
+        );
+        assert!(v
+            .verify(Some(&token(
+                json!({"iss": "https://auth.test", "aud": "api", "exp": now() + 60, "iat": now()}),
+                Algorithm::HS256,
+                b"s3cret"
+            )))
+            .is_ok());
+        // A `crit` extension the gateway does not know.
+        let mut h = Header::new(Algorithm::HS256);
+        h.crit = Some(vec!["exp-ext".into()]);
+        let crit = encode(&h, &good, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert_eq!(
+            reason(
+                v.verify(Some(format!("Bearer {crit}").as_bytes()))
+                    .unwrap_err()
+            ),
+            "unsupported critical header"
+        );
         assert_eq!(
             reason(
                 v.verify(Some(&token(good.clone(), Algorithm::HS256, b"wrong")))
@@ -515,6 +597,7 @@ mod tests {
                     issuer: None,
                     audience: None,
                     leeway_secs: 0,
+                    require_exp: true,
                     optional: false,
                     forward_claims: &[],
                     cache_size: 0,

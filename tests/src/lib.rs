@@ -563,21 +563,35 @@ impl Drop for Gateway {
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = free_port();
         RedisServer {
-            child: Self::spawn(port),
+            child: Self::spawn(port, None),
             port,
+            password: None,
         }
     }
 
-    fn spawn(port: u16) -> Child {
+    /// A server that refuses clients without `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        let port = free_port();
+        RedisServer {
+            child: Self::spawn(port, Some(password)),
+            port,
+            password: Some(password.to_string()),
+        }
+    }
+
+    fn spawn(port: u16, password: Option<&str>) -> Child {
+        let auth: Vec<&str> = password.map_or(Vec::new(), |p| vec!["--requirepass", p]);
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--port", &port.to_string()])
+            .args(auth)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -599,11 +613,14 @@ impl RedisServer {
     /// A fresh, empty server on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port);
+        self.child = Self::spawn(self.port, self.password.as_deref());
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 }
 

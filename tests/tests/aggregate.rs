@@ -279,3 +279,38 @@ aggregates:
     assert_eq!(body["data"]["orders"], serde_json::Value::Null);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_values_never_climb_out_of_their_segment() {
+    let profile = Upstream::start("profile").await;
+    let gw = start(&format!(
+        r#"upstreams:
+  profile: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: home, match: {{ path: {{ exact: /home }} }}, aggregate: home }}
+aggregates:
+  home:
+    backends:
+      - {{ key: profile, upstream: profile, path: "/profile/{{query.user_id}}/card", required: true }}
+"#,
+        profile.addr
+    ));
+    let c = client();
+    for id in ["%2E%2E", "..", ".", "%2e"] {
+        let (status, _, body) = get_json(&c, &gw.url(&format!("/home?user_id={id}"))).await;
+        assert_eq!(status, 400, "{id}: {body}");
+        assert_eq!(body["code"], 400, "{id}");
+        assert_eq!(body["data"]["backend"], "profile", "{id}");
+    }
+    assert_eq!(profile.requests(), 0, "{:?}", profile.seen());
+    // Slashes, queries and longer dot runs stay inside the one segment.
+    for (id, uri) in [
+        ("..%2Fadmin", "/profile/..%2Fadmin/card"),
+        ("7%3Fx%3D1", "/profile/7%3Fx%3D1/card"),
+        ("...", "/profile/.../card"),
+    ] {
+        let (status, _, body) = get_json(&c, &gw.url(&format!("/home?user_id={id}"))).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(body["data"]["profile"]["uri"], uri);
+    }
+}

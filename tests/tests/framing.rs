@@ -341,3 +341,43 @@ async fn smuggling_corpus_is_refused_or_reaches_the_upstream_as_one_request() {
     );
     assert!(u.seen().iter().all(|s| !s.uri.contains("smuggled")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_in_a_chunk_line_and_raw_spaces_in_the_target_get_400() {
+    let u = Upstream::start("u").await;
+    let gw = start("", &u);
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "bare LF in a chunk extension",
+            b"POST /ext HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;\nxx\r\nab\r\n0\r\n\r\n",
+        ),
+        (
+            "bare LF ending a chunk-size line",
+            b"POST /ext HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n",
+        ),
+        (
+            "bare LF in a later chunk line",
+            b"POST /ext HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n1;x\ny\r\nb\r\n0\r\n\r\n",
+        ),
+        ("raw space in the target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("two spaces before the target", b"GET  /a HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("tab in the target", b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let out = raw(gw.port, bytes, Duration::from_secs(3));
+        assert_eq!(codes(&out), (400, Some(400)), "{name}:\n{out}");
+    }
+    assert!(
+        u.seen().is_empty(),
+        "nothing reaches the upstream whole: {:?}",
+        u.seen().iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
+    // The well-formed forms still pass.
+    let out = raw(
+        gw.port,
+        b"POST /ext HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;name=value\r\nab\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(u.last().unwrap().body, b"ab");
+}

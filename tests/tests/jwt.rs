@@ -117,6 +117,10 @@ routes:
     match: {{ path: {{ prefix: /ed }} }}
     upstream: u
     plugins: {{ jwt: {{ algorithms: [EdDSA], keys: {{ public_key_pem: {dir}/ed.pub }} }} }}
+  - name: noexp
+    match: {{ path: {{ prefix: /noexp }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [HS256], keys: {{ secret_env: GW_TEST_JWT_SECRET }}, issuer: "https://auth.test", require_exp: false }} }}
   - name: optional
     match: {{ path: {{ prefix: /optional }} }}
     upstream: u
@@ -192,6 +196,42 @@ routes:
         ),
         ("garbage", "not.a.jwt".to_string(), "malformed token"),
         ("oversized", "a".repeat(9000), "token too large"),
+        // A configured issuer or audience must be in the token, and so must exp.
+        (
+            "no iss",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+            "missing iss claim",
+        ),
+        (
+            "no aud",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            "missing aud claim",
+        ),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "missing exp claim",
+        ),
+        (
+            "issued in the future",
+            with(&|c| c["iat"] = json!(now() + 600)),
+            "token issued in the future",
+        ),
+        (
+            "unknown crit extension",
+            {
+                let mut h = Header::new(Algorithm::HS256);
+                h.crit = Some(vec!["urn:example:policy".into()]);
+                encode(&h, &good, &hs).unwrap()
+            },
+            "unsupported critical header",
+        ),
     ];
     for (what, token, reason) in cases {
         let (status, headers, body) = call(&c, &hs_url, Some(&token)).await;
@@ -212,6 +252,24 @@ routes:
     let (status, _, body) = call(&c, &gw.url("/rs"), Some(&confused)).await;
     assert_eq!(status, 401);
     assert_eq!(body["data"]["reason"], "algorithm not accepted");
+
+    // A route that lets tokens without exp through still requires its issuer, and still
+    // honours an exp that is present.
+    let no_exp = json!({"sub": "user-7", "iss": "https://auth.test"});
+    let noexp_url = gw.url("/noexp");
+    let (status, _, body) = call(&c, &noexp_url, Some(&with(&|c| *c = no_exp.clone()))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = call(&c, &noexp_url, Some(&with(&|c| *c = json!({"sub": "x"})))).await;
+    assert_eq!(
+        (status, body["data"]["reason"].as_str()),
+        (401, Some("missing iss claim"))
+    );
+    let expired = with(&|c| c["exp"] = json!(now() - 60));
+    let (status, _, body) = call(&c, &noexp_url, Some(&expired)).await;
+    assert_eq!(
+        (status, body["data"]["reason"].as_str()),
+        (401, Some("token expired"))
+    );
 
     // No token: 401 with a bare challenge, unless optional.
     let (status, headers, body) = call(&c, &hs_url, None).await;

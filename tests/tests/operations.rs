@@ -555,3 +555,146 @@ routes:
     .unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 8);
 }
+
+/// Every credential a config holds (the admin token, the Redis password, a JWKS URL's
+/// userinfo and query) stays out of every admin answer, every log line and `-t`'s report,
+/// and still works where it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_the_config_shows_in_admin_answers_or_logs() {
+    let secrets = [
+        "adm-SECRET-a1",
+        "rds-SECRET-b2",
+        "jwk-SECRET-c3",
+        "jwk-SECRET-d4",
+        "rds-SECRET-e5",
+    ];
+    let redis = tests::RedisServer::start_with_password(secrets[1]);
+    let u = Upstream::start("u").await;
+    let dead = tests::free_port();
+    let s = Setup::new();
+    let config = |redis_url: &str| {
+        format!(
+            r#"{}  admin_token: {}
+  redis: {{ url: "{redis_url}" }}
+upstreams:
+  u: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - name: limited
+    match: {{ path: {{ prefix: /limited }} }}
+    upstream: u
+    plugins: {{ rate_limit: [{{ algorithm: sliding_window, limit: 2, window_secs: 60, store: redis }}] }}
+  - name: keys
+    match: {{ path: {{ prefix: /keys }} }}
+    upstream: u
+    plugins:
+      jwt:
+        algorithms: [RS256]
+        keys: {{ jwks_url: "http://jwks-user:{}@127.0.0.1:{dead}/keys.json?api_key={}", timeout_ms: 200 }}
+"#,
+            s.server_yaml(),
+            secrets[0],
+            u.addr,
+            secrets[2],
+            secrets[3],
+        )
+    };
+    let good = config(&redis.url());
+    let broken = config(&format!("notredis://:{}@127.0.0.1:1", secrets[4]));
+    let dir = s.dir.clone();
+    let mut gw = s.start(&good);
+    let c = client();
+
+    // The password works: the shared limit counts in Redis.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                c.get(gw.url("/limited"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    // The JWKS URL is tried (and fails: nothing listens there).
+    assert_eq!(c.get(gw.url("/keys")).send().await.unwrap().status(), 401);
+
+    let authed =
+        |rb: reqwest::RequestBuilder| rb.header("authorization", format!("Bearer {}", secrets[0]));
+    let mut answers = String::new();
+    for path in [
+        "/admin/config",
+        "/admin/upstreams",
+        "/admin/bans",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        let r = authed(c.get(gw.admin_url(path))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        answers += &r.text().await.unwrap();
+    }
+    let (_, config_answer) = send_json(authed(c.get(gw.admin_url("/admin/config")))).await;
+    let server = &config_answer["data"]["config"]["server"];
+    assert_eq!(server["admin_token"], "<redacted>");
+    assert_eq!(
+        server["redis"]["url"],
+        format!("redis://:<redacted>@127.0.0.1:{}", redis.port),
+        "where it points stays visible"
+    );
+    assert_eq!(
+        config_answer["data"]["config"]["routes"][1]["plugins"]["jwt"]["keys"]["jwks_url"],
+        format!("http://jwks-user:<redacted>@127.0.0.1:{dead}/keys.json?api_key=<redacted>")
+    );
+
+    // A refused reload of a file holding a secret in a bad value.
+    gw.write_config(&broken);
+    let r = authed(c.post(gw.admin_url("/admin/reload")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    answers += &r.text().await.unwrap();
+    let r = authed(c.get(gw.admin_url("/admin/config")))
+        .send()
+        .await
+        .unwrap();
+    answers += &r.text().await.unwrap();
+    let check = std::process::Command::new(tests::gateway_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let report = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(report.contains("server.redis.url"), "{report}");
+
+    gw.signal("TERM");
+    gw.wait_exit(Duration::from_secs(5));
+    let mut logs = String::new();
+    for file in ["stderr.log", "stdout.log", "access.log"] {
+        logs += &std::fs::read_to_string(dir.path().join(file)).unwrap_or_default();
+    }
+    assert!(logs.contains("JWKS"), "the JWKS fetch was logged: {logs}");
+    assert!(
+        logs.contains("server.redis.url"),
+        "the refused reload was logged"
+    );
+    for secret in secrets {
+        assert!(
+            !answers.contains(secret),
+            "{secret} in an admin answer:\n{answers}"
+        );
+        assert!(
+            !report.contains(secret),
+            "{secret} in -t's report:\n{report}"
+        );
+        assert!(!logs.contains(secret), "{secret} in a log:\n{logs}");
+    }
+}

@@ -4,7 +4,11 @@
 //! (`routes[3].match.path`) and [`validate`] then reports every semantic fault with its
 //! path, so `gateway -t` can list them all at once. Nothing here touches the network;
 //! [`crate::runtime`] compiles a validated [`Config`] into what requests use.
+//!
+//! A key that holds a credential has the type [`Secret`] or [`SecretUrl`], so the admin API
+//! and the logs never show its value.
 
+mod secret;
 mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+pub use secret::{Secret, SecretUrl, REDACTED};
 pub use validate::{resolve, validate};
 
 /// One fault in a config file, located by its YAML path.
@@ -173,9 +178,12 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     #[serde(default)]
     pub audience: Option<String>,
-    /// Clock skew allowed on exp and nbf.
+    /// Clock skew allowed on exp, nbf and iat.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+    /// Refuse tokens without an `exp` claim (default true); a present `exp` is always checked.
+    #[serde(default = "yes")]
+    pub require_exp: bool,
     /// Claim -> header sent upstream; a client-sent header of that name is always removed.
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
@@ -212,7 +220,7 @@ pub struct JwtKeysConfig {
     /// JWKS URL (`http://` or `https://`), fetched in the background every `refresh_secs`
     /// and again when a token names an unknown `kid`.
     #[serde(default)]
-    pub jwks_url: Option<String>,
+    pub jwks_url: Option<SecretUrl>,
     #[serde(default = "default_jwks_refresh")]
     pub refresh_secs: u64,
     /// Fetches for unknown key ids are at least this far apart.
@@ -361,8 +369,8 @@ pub enum Fallback {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://HOST:PORT[/DB]`
-    pub url: String,
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (the password is never shown).
+    pub url: SecretUrl,
     /// Bound on every Redis call; past it the call counts as failed.
     #[serde(default = "default_redis_timeout")]
     pub timeout_ms: u64,
@@ -424,9 +432,9 @@ pub struct ServerConfig {
     /// Admin listener: /metrics, /healthz, /readyz, /admin/*. Absent: no admin listener.
     #[serde(default)]
     pub admin: Option<String>,
-    /// Bearer token that /admin/* requires (shown redacted by /admin/config).
+    /// Bearer token that /admin/* requires (never shown).
     #[serde(default)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// ... or the name of the environment variable that holds it.
     #[serde(default)]
     pub admin_token_env: Option<String>,
@@ -449,6 +457,41 @@ pub struct ServerConfig {
     /// head; a slower client is disconnected.
     #[serde(default = "default_header_timeout")]
     pub client_header_timeout_ms: u64,
+    /// How request paths are normalized before routing.
+    #[serde(default)]
+    pub paths: PathsConfig,
+}
+
+/// Path normalization (dot segments and unreserved escapes are always resolved; these
+/// settings choose the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Merge repeated slashes into one (nginx `merge_slashes`).
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// What `%2F` and `%5C` in a path get.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400: an origin that decodes them would see other segments than were routed.
+    #[default]
+    Reject,
+    /// Forwarded encoded; they never split a segment for matching.
+    Keep,
 }
 
 fn default_max_body() -> u64 {
@@ -491,6 +534,7 @@ impl Default for ServerConfig {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             client_header_timeout_ms: default_header_timeout(),
+            paths: PathsConfig::default(),
         }
     }
 }
@@ -980,12 +1024,15 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
 impl ServerConfig {
     /// The admin bearer token, from the file or the environment.
     pub fn admin_token(&self) -> Option<String> {
-        self.admin_token.clone().or_else(|| {
-            self.admin_token_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-                .filter(|t| !t.is_empty())
-        })
+        self.admin_token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .or_else(|| {
+                self.admin_token_env
+                    .as_ref()
+                    .and_then(|v| std::env::var(v).ok())
+                    .filter(|t| !t.is_empty())
+            })
     }
 }
 

@@ -48,7 +48,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             "set admin_token or admin_token_env, not both",
         ));
     }
-    if s.admin_token.as_deref() == Some("") {
+    if s.admin_token
+        .as_ref()
+        .is_some_and(|t| t.expose().is_empty())
+    {
         errs.push(ConfigError::new("server.admin_token", "must not be empty"));
     }
     if let Some(var) = &s.admin_token_env {
@@ -77,9 +80,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         ));
     }
     if let Some(r) = &s.redis {
-        if let Err(e) =
-            crate::store::RedisStore::new(&r.url, std::time::Duration::from_millis(r.timeout_ms))
-        {
+        if let Err(e) = crate::store::RedisStore::new(
+            r.url.expose(),
+            std::time::Duration::from_millis(r.timeout_ms),
+        ) {
             errs.push(ConfigError::new("server.redis.url", e));
         }
         nonzero(

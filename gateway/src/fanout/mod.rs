@@ -278,12 +278,24 @@ impl FanoutApp {
             }
         }
 
+        let mut paths = Vec::with_capacity(agg.backends.len());
+        for b in &agg.backends {
+            match b.path.render(&vars) {
+                Ok(p) => paths.push(Ok(p)),
+                Err(template::RenderError::Missing(e)) => paths.push(Err(e)),
+                Err(template::RenderError::DotSegment(e)) => {
+                    let data = json!({"backend": b.key, "error": e});
+                    return envelope(400, "bad request", data, &[]);
+                }
+            }
+        }
+
         let deadline = Instant::now() + agg.timeout;
         let slots = Semaphore::new(agg.max_concurrency);
-        let calls = agg.backends.iter().map(|b| {
-            let (slots, forward, vars) = (&slots, &forward, &vars);
+        let calls = agg.backends.iter().zip(paths).map(|(b, path)| {
+            let (slots, forward) = (&slots, &forward);
             async move {
-                let path = match b.path.render(vars) {
+                let path = match path {
                     Ok(p) => p,
                     Err(e) => return (Outcome::Failed(e), String::new()),
                 };

@@ -1,6 +1,8 @@
 //! Backend path templates: `/users/{path.id}/orders?limit={query.limit}&u={header.x-user}`,
 //! and `{claim.sub}` from the request's verified JWT.
-//! Values are percent-encoded, so a request cannot smuggle `/`, `?` or `&` into a path.
+//! Values are percent-encoded, so a request cannot smuggle `/`, `?` or `&` into a path, and a
+//! value that would make a `.` or `..` segment of the path is refused: values never add or
+//! remove segments, nor start a query.
 
 use pingora::http::RequestHeader;
 use regex::Regex;
@@ -17,6 +19,15 @@ enum Part {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template(Vec<Part>);
+
+/// Why a template could not be filled from a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderError {
+    /// The request lacks a variable: this backend's call fails.
+    Missing(String),
+    /// A value would climb out of its segment: the whole request is refused (400).
+    DotSegment(String),
+}
 
 /// The values a template can draw on, taken from one request.
 pub struct Vars {
@@ -116,11 +127,22 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
         }
+        let text: String = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                _ => "x",
+            })
+            .collect();
+        if has_dot_segment(&text) {
+            return Err(format!("{s:?} has a . or .. segment"));
+        }
         Ok(Template(parts))
     }
 
-    /// The path for one request; a variable the request lacks is an error.
-    pub fn render(&self, vars: &Vars) -> Result<String, String> {
+    /// The path for one request; a variable the request lacks is an error, and so is a
+    /// value that makes a dot segment.
+    pub fn render(&self, vars: &Vars) -> Result<String, RenderError> {
         let mut out = String::new();
         for part in &self.0 {
             let (map, name, what) = match part {
@@ -133,13 +155,26 @@ impl Template {
                 Part::Header(n) => (&vars.headers, n, "header"),
                 Part::Claim(n) => (&vars.claims, n, "verified claim"),
             };
-            let value = map
-                .get(name)
-                .ok_or_else(|| format!("the request has no {what} {name:?}"))?;
+            let value = map.get(name).ok_or_else(|| {
+                RenderError::Missing(format!("the request has no {what} {name:?}"))
+            })?;
             encode_into(&mut out, value);
+        }
+        // Values cannot hold `/` (it is encoded), so a dot segment is one or two values
+        // (and no text) between two slashes.
+        if has_dot_segment(&out) {
+            return Err(RenderError::DotSegment(
+                "a value would make a . or .. path segment".into(),
+            ));
         }
         Ok(out)
     }
+}
+
+/// Whether the path part (before any `?`) has a `.` or `..` segment.
+fn has_dot_segment(s: &str) -> bool {
+    let path = s.split('?').next().unwrap_or("");
+    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 fn encode_into(out: &mut String, value: &str) {
@@ -202,10 +237,39 @@ mod tests {
             "/users/4%25202/orders?q=a%2Fb&u=al%20ice"
         );
         let missing = Template::parse("/p/{query.nope}").unwrap();
-        assert!(missing
-            .render(&vars)
-            .unwrap_err()
-            .contains("query parameter \"nope\""));
+        assert!(matches!(
+            missing.render(&vars),
+            Err(RenderError::Missing(e)) if e.contains("query parameter \"nope\"")
+        ));
+    }
+
+    #[test]
+    fn values_never_make_dot_segments() {
+        let t = Template::parse("/profile/{query.id}/x{query.id}?q={query.id}").unwrap();
+        for bad in ["..", ".", "%2E%2E", "%2e"] {
+            let r = req(&format!("/home?id={bad}"), &[]);
+            assert!(
+                matches!(
+                    t.render(&Vars::new(&r, None)),
+                    Err(RenderError::DotSegment(_))
+                ),
+                "{bad}"
+            );
+        }
+        let two = Template::parse("/p/{query.a}{query.b}/z").unwrap();
+        let r = req("/home?a=.&b=.", &[]);
+        assert!(matches!(
+            two.render(&Vars::new(&r, None)),
+            Err(RenderError::DotSegment(_))
+        ));
+        for ok in ["...", ".a", "a..", "%2F.."] {
+            let r = req(&format!("/home?id={ok}"), &[]);
+            let path = t.render(&Vars::new(&r, None)).unwrap();
+            assert_eq!(path.matches('/').count(), 3, "{ok} -> {path}");
+        }
+        assert!(Template::parse("/a/../{query.x}").is_err());
+        assert!(Template::parse("/a/./b").is_err());
+        assert!(Template::parse("/a/b?x=..").is_ok());
     }
 
     #[test]
