@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean
+.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean third-party
 
 all: build
 
@@ -41,8 +41,10 @@ run: build deps-run
 	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)
 
-# Unit tests, the end-to-end suite against the real binary, formatting and lints.
+# Unit tests, the end-to-end suite against the real binary, formatting and lints, and the
+# vendored Pingora crates checked against pristine sources plus third_party/patches/.
 test: build deps-test
+	scripts/third-party.sh --check
 	$(CARGO) test --workspace --no-fail-fast
 	promtool check rules conf/alerts.yml
 	promtool test rules conf/alerts.test.yml
@@ -52,7 +54,7 @@ test: build deps-test
 # cargo-fuzz runs libFuzzer on the stable toolchain with RUSTC_BOOTSTRAP (its -Z flags) and
 # no sanitizer. Corpora grow in fuzz/corpus/ (not committed); fuzz/seeds/ and conf/ seed them.
 FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
-FUZZ_TARGETS := config request
+FUZZ_TARGETS := config request path
 FUZZ_SECS ?= 300
 
 deps-fuzz:
@@ -70,6 +72,10 @@ fuzz-smoke: deps-fuzz
 # Longer runs, optimized: `make fuzz FUZZ_SECS=3600`.
 fuzz: deps-fuzz
 	$(call FUZZ_EACH,,$(FUZZ_SECS))
+
+# Re-derive third_party/ from the crates of crates.io plus the patches (third_party/README.md).
+third-party:
+	scripts/third-party.sh
 
 check:
 	$(CARGO) fmt --all -- --check
