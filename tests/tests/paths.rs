@@ -137,8 +137,25 @@ async fn path_tricks_are_routed_by_the_normal_form_and_forwarded_in_it() {
     assert_eq!(get(&gw, "http://a/public/x/../y").0, 200);
     assert_eq!(u.last().unwrap().uri, "/public/y");
 
-    // The access log names the path that was routed (one line for each of the 24 requests).
-    let log = gw.access_log_lines(24).await;
+    // The same over h2c (an HTTP client keeps `//` and `%61`, though it resolves `..` itself).
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (path, status) in [
+        ("//admin/secret", 403),
+        ("/%61dmin/secret", 403),
+        ("/public//h2", 200),
+    ] {
+        let r = h2.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), status, "h2 {path}");
+    }
+    assert_eq!(u.last().unwrap().uri, "/public/h2");
+
+    // The access log names the path that was routed (one line for each of the 27 requests).
+    let log = gw.access_log_lines(27).await;
     assert!(log.iter().any(|l| l["path"] == "/public/y"), "{log:?}");
 }
 
