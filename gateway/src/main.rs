@@ -168,6 +168,11 @@ fn main() -> ExitCode {
     let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
+    // HTTP/1 connections get their idle timeout and request cap per request (proxy.rs);
+    // h2 connections close after the same idle time.
+    if s.keepalive_timeout_secs > 0 {
+        opts.h2_idle_timeout = Some(Duration::from_secs(s.keepalive_timeout_secs));
+    }
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(handle.clone(), access_log.clone()),
@@ -188,8 +193,8 @@ fn main() -> ExitCode {
         eprintln!("--fanout-only needs server.fanout.listen");
         return ExitCode::from(1);
     }
-    for addr in &s.listen {
-        proxy.add_tcp(addr);
+    for l in &s.listen {
+        proxy.add_tcp(l.addr());
     }
     for t in &s.tls {
         let mut tls = match TlsSettings::intermediate(&t.cert, &t.key) {
@@ -231,7 +236,8 @@ fn main() -> ExitCode {
         cfg.routes.len(),
         s.listen
             .iter()
-            .chain(s.tls.iter().map(|t| &t.listen))
+            .map(|l| l.addr())
+            .chain(s.tls.iter().map(|t| t.listen.as_str()))
             .collect::<Vec<_>>()
     );
     server.run_forever();

@@ -438,6 +438,31 @@ fn request_has_body(req: &RequestHeader) -> bool {
     h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// Bound how long an HTTP/1 connection may idle between requests and how many requests it
+/// serves. Pingora's parser turns keep-alive on without a limit for every HTTP/1.1 request,
+/// so this runs on every request; a connection the client asked to close stays closed. The
+/// request count travels with the connection from one request to the next (Pingora
+/// decrements it), so it is set on the first request only.
+fn apply_keepalive(session: &mut Session, keepalive: &crate::runtime::Keepalive) {
+    let local = match session.server_addr() {
+        Some(PingoraAddr::Inet(a)) => Some(*a),
+        _ => None,
+    };
+    let ds = session.as_downstream_mut();
+    if ds.get_keepalive().is_none() {
+        return;
+    }
+    let rule = keepalive.rule(local);
+    if rule.timeout_secs == 0 {
+        ds.set_keepalive(None);
+        return;
+    }
+    ds.set_keepalive(Some(rule.timeout_secs));
+    if rule.requests > 0 && ds.get_keepalive_reuses_remaining().is_none() {
+        ds.set_keepalive_reuses_remaining(Some(rule.requests - 1));
+    }
+}
+
 fn status_error(code: u16) -> GatewayError {
     match code {
         400 => GatewayError::new(400, "bad request"),
@@ -490,8 +515,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Runs first: settle the request id so every later answer can carry it.
+    /// Runs first: settle the request id so every later answer can carry it, and the
+    /// connection's keep-alive.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        apply_keepalive(session, &ctx.rt.keepalive);
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if acceptable_request_id(v) => v.clone(),
             _ => new_request_id(),

@@ -215,10 +215,21 @@ impl Reloader {
 fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let mut out = Vec::new();
-    if a.listen != b.listen {
+    if !a
+        .listen
+        .iter()
+        .map(|l| l.addr())
+        .eq(b.listen.iter().map(|l| l.addr()))
+    {
         out.push("server.listen");
     }
-    if a.tls != b.tls {
+    let tls_listeners = |c: &config::ServerConfig| {
+        c.tls
+            .iter()
+            .map(|t| (t.listen.clone(), t.cert.clone(), t.key.clone(), t.h2))
+            .collect::<Vec<_>>()
+    };
+    if tls_listeners(a) != tls_listeners(b) {
         out.push("server.tls");
     }
     if a.threads != b.threads {

@@ -70,6 +70,68 @@ pub struct RequestLimits {
     pub paths: crate::path::PathOptions,
 }
 
+/// Keep-alive of HTTP/1 client connections: the server's setting, and the listeners that
+/// have their own.
+#[derive(Debug, Clone, Default)]
+pub struct Keepalive {
+    default: KeepaliveRule,
+    listeners: Vec<(std::net::SocketAddr, KeepaliveRule)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveRule {
+    /// Idle seconds allowed between two requests; 0: close after each answer.
+    pub timeout_secs: u64,
+    /// Requests per connection; 0: no cap.
+    pub requests: u32,
+}
+
+impl Keepalive {
+    pub fn new(s: &crate::config::ServerConfig) -> Keepalive {
+        let default = KeepaliveRule {
+            timeout_secs: s.keepalive_timeout_secs,
+            requests: s.keepalive_requests,
+        };
+        let own = |addr: &str, (timeout, requests): (Option<u64>, Option<u32>)| {
+            let addr = addr.parse().ok()?;
+            (timeout.is_some() || requests.is_some()).then(|| {
+                let rule = KeepaliveRule {
+                    timeout_secs: timeout.unwrap_or(default.timeout_secs),
+                    requests: requests.unwrap_or(default.requests),
+                };
+                (addr, rule)
+            })
+        };
+        let listeners =
+            s.listen
+                .iter()
+                .filter_map(|l| own(l.addr(), l.keepalive()))
+                .chain(s.tls.iter().filter_map(|t| {
+                    own(&t.listen, (t.keepalive_timeout_secs, t.keepalive_requests))
+                }))
+                .collect();
+        Keepalive { default, listeners }
+    }
+
+    /// The rule of the listener that accepted a connection (by its local address; a listener
+    /// on `0.0.0.0` or `[::]` matches by port). Almost always the server's: no listener has
+    /// its own, and nothing is looked up.
+    pub fn rule(&self, local: Option<std::net::SocketAddr>) -> KeepaliveRule {
+        if self.listeners.is_empty() {
+            return self.default;
+        }
+        let Some(local) = local else {
+            return self.default;
+        };
+        self.listeners
+            .iter()
+            .find(|(l, _)| {
+                l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified())
+            })
+            .map_or(self.default, |(_, r)| *r)
+    }
+}
+
 pub struct Mirror {
     pub upstream: Arc<Upstream>,
     /// Share of requests copied, 0.0 to 1.0.
@@ -113,6 +175,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bounds on what a client may send.
     pub limits: RequestLimits,
+    /// Keep-alive of client connections.
+    pub keepalive: Keepalive,
     /// Applied to every request before routing.
     pub ip_filter: Option<IpFilter>,
     /// Bans earned by refusals on any route.
@@ -286,6 +350,7 @@ impl Runtime {
             routes,
             upstreams,
             aggregates,
+            keepalive: Keepalive::new(&config.server),
             limits: RequestLimits {
                 max_body_bytes: config.server.max_body_bytes,
                 max_header_bytes: config.server.max_header_bytes,
@@ -459,7 +524,6 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
             cache_size: cfg.cache_tokens,
         },
     )
-    .map_err(|e| (String::new(), e))
 }
 
 /// The route's JWT verifier. Keys from a URL are kept across a reload that leaves the

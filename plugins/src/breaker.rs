@@ -223,11 +223,14 @@ impl Breaker {
     fn record_closed(&self, success: bool) {
         let now = self.clock.now_ms();
         self.window.add(now, 1, u32::from(!success));
-        if success {
+        // The rate is judged on every outcome: a window can reach `min_requests` on a
+        // success with the failures already over the rate (Resilience4j does the same).
+        let in_a_row = if success {
             self.consecutive.store(0, Ordering::Release);
-            return;
-        }
-        let in_a_row = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+            0
+        } else {
+            self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+        };
         if in_a_row >= self.cfg.consecutive_failures || self.rate_exceeded(now) {
             self.transition(State::Closed, State::Open);
         }
@@ -320,6 +323,23 @@ mod tests {
         }
         assert_eq!(b.state(), State::Closed);
         b.record(false, false); // 10 requests, 5 failed: 50%
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn a_success_that_reaches_min_requests_is_judged_too() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 3,
+            ..cfg()
+        });
+        // 6 failures in 9, never more than 2 in a row: too few requests to judge.
+        for ok in [false, false, true, false, false, true, false, false, true] {
+            b.record(ok, false);
+            clock.advance(100);
+        }
+        assert_eq!(b.state(), State::Closed);
+        // The 10th is a success: 6 of 10 failed, over 50%.
+        b.record(true, false);
         assert_eq!(b.state(), State::Open);
     }
 

@@ -122,13 +122,18 @@ fn missing() -> GatewayError {
     )
 }
 
+/// A setting the verifier cannot be built from: the field it is in, relative to the `jwt`
+/// block (`keys`, `algorithms[2]`, `forward_claims.sub`), and what is wrong with it.
+pub type SettingError = (String, String);
+
 impl JwtVerifier {
-    pub fn new(keys: KeySource, s: &JwtSettings) -> Result<JwtVerifier, String> {
+    pub fn new(keys: KeySource, s: &JwtSettings) -> Result<JwtVerifier, SettingError> {
         let remote = matches!(keys, KeySource::JwksLater);
+        let at_keys = |e: String| ("keys".to_string(), e);
         let keys = match keys {
             KeySource::Secret(secret) => {
                 if secret.is_empty() {
-                    return Err("the secret is empty".into());
+                    return Err(at_keys("the secret is empty".into()));
                 }
                 vec![Key {
                     kid: None,
@@ -139,21 +144,22 @@ impl JwtVerifier {
                 let key = DecodingKey::from_rsa_pem(pem)
                     .or_else(|_| DecodingKey::from_ec_pem(pem))
                     .or_else(|_| DecodingKey::from_ed_pem(pem))
-                    .map_err(|_| "not an RSA, EC or Ed25519 public key in PEM".to_string())?;
+                    .map_err(|_| at_keys("not an RSA, EC or Ed25519 public key in PEM".into()))?;
                 vec![Key { kid: None, key }]
             }
-            KeySource::Jwks(text) => jwks_keys(text)?,
+            KeySource::Jwks(text) => jwks_keys(text).map_err(at_keys)?,
             KeySource::JwksLater => Vec::new(),
         };
         if s.algorithms.is_empty() {
-            return Err("list the accepted algorithms".into());
+            return Err(("algorithms".into(), "list the accepted algorithms".into()));
         }
         let mut validations = HashMap::new();
-        for name in s.algorithms {
-            let alg =
-                Algorithm::from_str(name).map_err(|_| format!("unknown algorithm {name:?}"))?;
+        for (i, name) in s.algorithms.iter().enumerate() {
+            let at = || format!("algorithms[{i}]");
+            let alg = Algorithm::from_str(name)
+                .map_err(|_| (at(), format!("unknown algorithm {name:?}")))?;
             if !remote && !keys.iter().any(|k| k.key.family() == alg.family()) {
-                return Err(format!("no key can verify {name}"));
+                return Err((at(), format!("no key can verify {name}")));
             }
             let mut v = Validation::new(alg);
             v.leeway = s.leeway_secs;
@@ -181,8 +187,12 @@ impl JwtVerifier {
         for (claim, header) in s.forward_claims {
             forward.push((
                 claim.clone(),
-                HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|_| format!("invalid header name {header:?}"))?,
+                HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    (
+                        format!("forward_claims.{claim}"),
+                        format!("invalid header name {header:?}"),
+                    )
+                })?,
             ));
         }
         Ok(JwtVerifier {
@@ -605,8 +615,18 @@ mod tests {
             )
             .map(|_| ())
         };
-        assert!(try_new(KeySource::Secret(b"x"), "RS256").is_err());
-        assert!(try_new(KeySource::Secret(b"x"), "XX256").is_err());
-        assert!(try_new(KeySource::Jwks("{\"keys\": []}"), "RS256").is_err());
+        let field = |r: Result<(), SettingError>| r.unwrap_err().0;
+        assert_eq!(
+            field(try_new(KeySource::Secret(b"x"), "RS256")),
+            "algorithms[0]"
+        );
+        assert_eq!(
+            field(try_new(KeySource::Secret(b"x"), "XX256")),
+            "algorithms[0]"
+        );
+        assert_eq!(
+            field(try_new(KeySource::Jwks("{\"keys\": []}"), "RS256")),
+            "keys"
+        );
     }
 }

@@ -170,3 +170,41 @@ routes:
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn jwt_faults_are_named_by_their_own_key() {
+    let s = Setup::new();
+    let f = s.path("jwt.yaml");
+    std::env::set_var("GW_TEST_CONFIG_JWT_SECRET", "x");
+    std::fs::write(
+        &f,
+        r#"
+upstreams:
+  u: { targets: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - name: a
+    upstream: u
+    plugins: { jwt: { algorithms: [HS256, XX999], keys: { secret_env: GW_TEST_CONFIG_JWT_SECRET } } }
+  - name: b
+    upstream: u
+    plugins: { jwt: { algorithms: [HS256, RS256], keys: { jwks_file: conf/examples/jwks.json } } }
+  - name: c
+    upstream: u
+    plugins:
+      jwt:
+        algorithms: [HS256]
+        keys: { secret_env: GW_TEST_CONFIG_JWT_SECRET }
+        forward_claims: { sub: "bad header" }
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    for want in [
+        "routes[0].plugins.jwt.algorithms[1]: unknown algorithm \"XX999\"",
+        "routes[1].plugins.jwt.algorithms[0]: no key can verify HS256",
+        "routes[2].plugins.jwt.forward_claims.sub: invalid header name",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}

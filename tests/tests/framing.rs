@@ -381,3 +381,96 @@ async fn bare_lf_in_a_chunk_line_and_raw_spaces_in_the_target_get_400() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(u.last().unwrap().body, b"ab");
 }
+
+/// Send one request on a kept-alive connection and read its whole answer (the test upstream
+/// always sends a Content-Length).
+fn exchange(s: &mut TcpStream, path: &str) -> String {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("answer");
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+/// How long until the server closes the connection (a read returns 0), within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Some(t.elapsed()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(t.elapsed()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_requests_per_connection_capped() {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let own = tests::free_port();
+    let yaml = format!(
+        "{}  keepalive_timeout_secs: 1\n  keepalive_requests: 3\nupstreams:\n  u: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        s.server_yaml().replace(
+            &format!("listen: [\"127.0.0.1:{}\"]", s.port),
+            &format!(
+                "listen: [\"127.0.0.1:{}\", {{ addr: \"127.0.0.1:{own}\", keepalive_timeout_secs: 4, keepalive_requests: 0 }}]",
+                s.port
+            )
+        ),
+        u.addr
+    );
+    let mut gw = s.start(&yaml);
+    gw.wait_ready(own);
+
+    // Idle after one request: closed after about a second, between requests.
+    let mut c = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    assert!(exchange(&mut c, "/one").starts_with("HTTP/1.1 200"));
+    let idle = closed_within(&mut c, Duration::from_secs(5)).expect("idle connection closed");
+    assert!(
+        idle > Duration::from_millis(500) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+
+    // The third request is answered with Connection: close, then the connection ends.
+    let mut c = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    for i in 1..=3 {
+        let answer = exchange(&mut c, "/n");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{i}: {answer}");
+        let closes = answer.to_ascii_lowercase().contains("connection: close");
+        assert_eq!(closes, i == 3, "request {i}: {answer}");
+    }
+    assert!(closed_within(&mut c, Duration::from_secs(2)).is_some());
+
+    // A listener with its own settings: no cap, and a longer idle time.
+    let mut c = TcpStream::connect(("127.0.0.1", own)).unwrap();
+    for _ in 0..5 {
+        assert!(exchange(&mut c, "/own").starts_with("HTTP/1.1 200"));
+    }
+    std::thread::sleep(Duration::from_millis(1600));
+    let answer = exchange(&mut c, "/own");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(u.requests(), 10);
+}

@@ -480,3 +480,44 @@ async fn two_gateways_share_one_limit_in_redis_and_survive_its_restart() {
     assert_eq!(passed, 6, "one shared bucket of 6 again: {v:?}");
     assert_eq!(&v[6..], [429; 4]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_reset_never_exceed_the_window() {
+    let u = Upstream::start("u").await;
+    let redis = RedisServer::start();
+    let s = Setup::new();
+    let yaml = format!(
+        r#"{}  redis: {{ url: "{}" }}
+upstreams:
+  u: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - name: local
+    match: {{ path: {{ prefix: /local }} }}
+    upstream: u
+    plugins: {{ rate_limit: [{{ algorithm: sliding_window, limit: 1, window_secs: 10 }}] }}
+  - name: shared
+    match: {{ path: {{ prefix: /shared }} }}
+    upstream: u
+    plugins: {{ rate_limit: [{{ algorithm: sliding_window, limit: 1, window_secs: 10, store: redis }}] }}
+"#,
+        s.server_yaml(),
+        redis.url(),
+        u.addr
+    );
+    let gw = s.start(&yaml);
+    let c = client();
+    for path in ["/local", "/shared"] {
+        let (status, _, _) = send(c.get(gw.url(path))).await;
+        assert_eq!(status, 200, "{path}");
+        for _ in 0..3 {
+            let (status, h, body) = send(c.get(gw.url(path))).await;
+            assert_envelope(status, &body, 429);
+            let retry = num(&h, "retry-after");
+            assert!((1..=10).contains(&retry), "{path}: Retry-After {retry}");
+            assert_eq!(body["data"]["retry_after"], retry, "{path}");
+            for name in ["ratelimit-reset", "x-ratelimit-reset"] {
+                assert!(num(&h, name) <= 10, "{path}: {name} {h:?}");
+            }
+        }
+    }
+}

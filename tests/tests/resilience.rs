@@ -265,3 +265,30 @@ routes:
     assert!(sent > 100, "some retries happen: {sent}");
     assert!(sent <= 120, "retries beyond the budget: {sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_rate_crossed_by_a_success_opens_the_breaker() {
+    let u = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  u:
+    targets: [{{ addr: "{}" }}]
+    circuit_breaker: {{ consecutive_failures: 3, failure_rate: 0.5, min_requests: 10, window_secs: 30, open_secs: 30 }}
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+        u.addr
+    ));
+    let c = client();
+    // 6 failures in 10, never 3 in a row; the 10th, a success, brings the window to
+    // min_requests with the rate already crossed.
+    let pattern = [503, 503, 200, 503, 503, 200, 503, 503, 200, 200];
+    for status in pattern {
+        let (got, _, body) = get_json(&c, &gw.url(&format!("/x?status={status}"))).await;
+        assert_eq!(got, status, "{body}");
+    }
+    let (status, _, body) = get_json(&c, &gw.url("/x")).await;
+    assert_envelope(status, &body, 503);
+    assert_eq!(body["message"], "circuit breaker open");
+    assert_eq!(u.requests(), 10);
+}

@@ -397,7 +397,7 @@ pub struct FanoutConfig {
 pub struct ServerConfig {
     /// Plain listeners; each speaks HTTP/1.1 and h2c (prior knowledge).
     #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenConfig>,
     /// HTTPS listeners; HTTP/1.1 and h2 chosen by ALPN.
     #[serde(default)]
     pub tls: Vec<TlsListenerConfig>,
@@ -460,6 +460,58 @@ pub struct ServerConfig {
     /// How request paths are normalized before routing.
     #[serde(default)]
     pub paths: PathsConfig,
+    /// How long a client connection may stay idle between two requests (nginx
+    /// `keepalive_timeout`); 0 closes every connection after its answer. Per listener too.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_secs: u64,
+    /// Requests served on one client connection before it is closed after an answer (nginx
+    /// `keepalive_requests`); 0: no cap. Per listener too.
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
+}
+
+fn default_keepalive_timeout() -> u64 {
+    75
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
+}
+
+/// A plain listener: `"IP:PORT"`, or `{ addr, keepalive_timeout_secs, keepalive_requests }`
+/// to give it its own keep-alive settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ListenConfig {
+    Addr(String),
+    Full(ListenerConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub addr: String,
+    #[serde(default)]
+    pub keepalive_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub keepalive_requests: Option<u32>,
+}
+
+impl ListenConfig {
+    pub fn addr(&self) -> &str {
+        match self {
+            ListenConfig::Addr(a) => a,
+            ListenConfig::Full(l) => &l.addr,
+        }
+    }
+
+    /// This listener's own keep-alive settings, where it has them.
+    pub fn keepalive(&self) -> (Option<u64>, Option<u32>) {
+        match self {
+            ListenConfig::Addr(_) => (None, None),
+            ListenConfig::Full(l) => (l.keepalive_timeout_secs, l.keepalive_requests),
+        }
+    }
 }
 
 /// Path normalization (dot segments and unreserved escapes are always resolved; these
@@ -535,12 +587,14 @@ impl Default for ServerConfig {
             max_headers: default_max_headers(),
             client_header_timeout_ms: default_header_timeout(),
             paths: PathsConfig::default(),
+            keepalive_timeout_secs: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
         }
     }
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["127.0.0.1:8080".into()]
+fn default_listen() -> Vec<ListenConfig> {
+    vec![ListenConfig::Addr("127.0.0.1:8080".into())]
 }
 fn default_threads() -> usize {
     2
@@ -573,6 +627,11 @@ pub struct TlsListenerConfig {
     /// Offer h2 by ALPN (default true).
     #[serde(default = "yes")]
     pub h2: bool,
+    /// This listener's own `keepalive_timeout_secs` and `keepalive_requests`.
+    #[serde(default)]
+    pub keepalive_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub keepalive_requests: Option<u32>,
 }
 
 fn yes() -> bool {

@@ -20,8 +20,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             "no listener: set server.listen or server.tls",
         ));
     }
-    for (i, addr) in s.listen.iter().enumerate() {
-        check_listen(&mut errs, &format!("server.listen[{i}]"), addr);
+    for (i, l) in s.listen.iter().enumerate() {
+        let p = match l {
+            super::ListenConfig::Addr(_) => format!("server.listen[{i}]"),
+            super::ListenConfig::Full(_) => format!("server.listen[{i}].addr"),
+        };
+        check_listen(&mut errs, &p, l.addr());
     }
     for (i, tls) in s.tls.iter().enumerate() {
         let p = format!("server.tls[{i}]");

@@ -337,7 +337,10 @@ impl Limiter {
             limit,
             remaining: (limit as f64 - used.ceil()).max(0.0) as u64,
             reset,
-            retry_after: window.mul_f64(wait),
+            // When the current window alone is full, one more fits only a little way into the
+            // next one; Retry-After never asks for more than a window (a client that comes
+            // back a bit early is told the little that is left).
+            retry_after: window.mul_f64(wait.min(1.0)),
             delay: Duration::ZERO,
             headers: self.spec.headers,
         }
@@ -472,6 +475,17 @@ mod tests {
         let v = l.window_verdict(0, 11, 0.5, 10);
         assert!(!v.allowed);
         assert_eq!(v.reset, Duration::from_millis(500));
+        // The window is full from its start: never more than a window to wait.
+        for (curr, frac, limit) in [(11, 0.0, 10), (2, 0.01, 1), (2, 0.99, 1)] {
+            let v = l.window_verdict(0, curr, frac, limit);
+            assert!(!v.allowed);
+            assert!(
+                v.retry_after <= l.spec.window,
+                "{curr} {frac}: {:?}",
+                v.retry_after
+            );
+            assert!(v.reset <= l.spec.window);
+        }
     }
 
     #[test]
