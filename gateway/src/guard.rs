@@ -36,6 +36,10 @@ use tokio::time::{Instant, Sleep};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The error a read gets past the head deadline; Pingora logs it, and [`crate::logging`]
+/// folds those lines into a summary.
+pub const HEAD_TIMED_OUT: &str = "request head not received in time";
+
 /// Wraps a Pingora app so that every connection it serves is guarded.
 pub struct Guarded<A> {
     inner: Arc<A>,
@@ -297,7 +301,11 @@ impl HeadDeadline {
     }
 
     fn timed_out() -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")
+        crate::metrics::METRICS
+            .client_timeouts
+            .with_label_values(&["header"])
+            .inc();
+        io::Error::new(io::ErrorKind::TimedOut, HEAD_TIMED_OUT)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod fanout;
 pub mod guard;
 pub mod jwks;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod path;

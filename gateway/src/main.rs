@@ -75,7 +75,7 @@ impl BackgroundService for DrainWatch {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    gateway::logging::init();
     let mut cli = Cli::parse();
     // A daemon runs from /, and a reload reads the file again later: hold on to the full
     // path, without resolving symlinks, so a swapped link (as Kubernetes mounts a

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub auto_bans: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub banned_addresses: IntGaugeVec,
+    pub client_timeouts: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -148,6 +149,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["scope"]
     )
     .expect("register gateway_auto_banned_addresses"),
+    client_timeouts: register_int_counter_vec!(
+        "gateway_client_timeouts_total",
+        "Client connections cut for slowness, by phase: header (client_header_timeout_ms), body (client_body_timeout_ms, answered 408)",
+        &["phase"]
+    )
+    .expect("register gateway_client_timeouts_total"),
     access_log_dropped: register_int_gauge!(
         "gateway_access_log_dropped_lines",
         "Access log lines dropped because the writer could not keep up"

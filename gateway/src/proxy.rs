@@ -725,6 +725,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        // A client that stalls its body gets 408, before the upstream's read timeout
+        // would blame the upstream (Pingora times each body read with this).
+        session
+            .as_downstream_mut()
+            .set_read_timeout(Some(ctx.rt.limits.client_body_timeout));
         if let Some(policy) = &up.retry {
             policy.record_request();
             if !policy.cfg.idempotent_only {
@@ -1063,6 +1068,11 @@ impl ProxyHttp for Gateway {
             (_, ErrorSource::Downstream) => 400,
             _ => 500,
         };
+        if code == 408 {
+            // The client stalled its body: its fault, not the upstream's (the attempt was
+            // closed without a verdict in error_while_proxy).
+            METRICS.client_timeouts.with_label_values(&["body"]).inc();
+        }
         if code > 0 && session.response_written().is_none() {
             // The request may be mid-body; never reuse the connection after a failure.
             session.set_keepalive(None);

@@ -68,6 +68,8 @@ pub struct RequestLimits {
     pub max_headers: usize,
     /// How paths are normalized before routing.
     pub paths: crate::path::PathOptions,
+    /// The longest wait between two reads of a request body.
+    pub client_body_timeout: Duration,
 }
 
 /// Keep-alive of HTTP/1 client connections: the server's setting, and the listeners that
@@ -355,6 +357,9 @@ impl Runtime {
                 max_body_bytes: config.server.max_body_bytes,
                 max_header_bytes: config.server.max_header_bytes,
                 max_headers: config.server.max_headers,
+                client_body_timeout: Duration::from_millis(
+                    config.server.client_body_timeout_ms.max(1),
+                ),
                 paths: crate::path::PathOptions {
                     merge_slashes: config.server.paths.merge_slashes,
                     escaped_slashes: match config.server.paths.escaped_slashes {

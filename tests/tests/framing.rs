@@ -474,3 +474,80 @@ async fn idle_connections_are_closed_and_requests_per_connection_capped() {
     assert!(!answer.to_ascii_lowercase().contains("connection: close"));
     assert_eq!(u.requests(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_counted_not_logged_one_by_one_and_a_stalled_body_gets_408() {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let yaml = format!(
+        "{}  client_header_timeout_ms: 500\n  client_body_timeout_ms: 500\nupstreams:\n  u:\n    targets: [{{ addr: \"{}\" }}]\n    circuit_breaker: {{ consecutive_failures: 1 }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        s.server_yaml(),
+        u.addr
+    );
+    let gw = s.start(&yaml);
+    let port = gw.port;
+
+    // Twenty clients start a head and stall: each is cut, and the log gets a line or two.
+    let stalled: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap();
+                closed_within(&mut s, Duration::from_secs(5))
+            })
+        })
+        .collect();
+    for t in stalled {
+        let cut = tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap()
+            .expect("stalled head cut");
+        assert!(cut < Duration::from_secs(3), "cut after {cut:?}");
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("gateway_client_timeouts_total{phase=\"header\"} 20"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("client_timeouts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let stderr = gw.stderr();
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("request head not received in time"))
+        .count();
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{stderr}");
+
+    // A body that stalls: 408 in the envelope, soon, and the upstream is not blamed (its
+    // breaker opens on one failure).
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let took = t.elapsed();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(codes(&out), (408, Some(408)), "{out}");
+    assert!(
+        took > Duration::from_millis(300) && took < Duration::from_secs(3),
+        "408 after {took:?}"
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/after"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_client_timeouts_total{phase=\"body\"} 1"));
+}

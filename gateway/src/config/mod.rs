@@ -457,6 +457,10 @@ pub struct ServerConfig {
     /// head; a slower client is disconnected.
     #[serde(default = "default_header_timeout")]
     pub client_header_timeout_ms: u64,
+    /// The longest wait between two reads of a request body (nginx `client_body_timeout`);
+    /// past it the request gets 408 and the upstream is not blamed.
+    #[serde(default = "default_body_timeout")]
+    pub client_body_timeout_ms: u64,
     /// How request paths are normalized before routing.
     #[serde(default)]
     pub paths: PathsConfig,
@@ -562,6 +566,10 @@ fn default_header_timeout() -> u64 {
     10_000
 }
 
+fn default_body_timeout() -> u64 {
+    60_000
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -586,6 +594,7 @@ impl Default for ServerConfig {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             client_header_timeout_ms: default_header_timeout(),
+            client_body_timeout_ms: default_body_timeout(),
             paths: PathsConfig::default(),
             keepalive_timeout_secs: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
