@@ -1,20 +1,29 @@
 //! The access log: one JSON object a line, written by its own thread so a slow disk never
 //! stalls a request. Lines queue in a bounded channel; when it is full a line is dropped
 //! and counted rather than blocking the proxy.
+//!
+//! The file is opened at start (so a bad path is refused before serving), but the writer
+//! thread starts only with [`AccessLog::start_writer`], which the daemon calls from a
+//! background service: after `-d` has forked, since a thread started before the fork does
+//! not exist in the daemon.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const QUEUE: usize = 16 * 1024;
+
+type Writer = (Receiver<String>, Box<dyn Write + Send>);
 
 #[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<String>>,
     dropped: Arc<AtomicU64>,
+    /// The writer's end, until its thread starts.
+    pending: Arc<Mutex<Option<Writer>>>,
 }
 
 /// The fields of one line.
@@ -38,24 +47,42 @@ impl AccessLog {
     /// `stdout`, `off`, or a file path (appended to).
     pub fn open(dest: &str) -> std::io::Result<AccessLog> {
         let dropped = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(Mutex::new(None));
         let sink: Box<dyn Write + Send> = match dest {
-            "off" => return Ok(AccessLog { tx: None, dropped }),
+            "off" => {
+                return Ok(AccessLog {
+                    tx: None,
+                    dropped,
+                    pending,
+                })
+            }
             "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            // Opened again by its path after SIGUSR1 or a reload (logrotate).
+            path => Box::new(crate::logging::LogFile::open(std::path::Path::new(path))?),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_loop(rx, sink))?;
+        *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((rx, sink));
         Ok(AccessLog {
             tx: Some(tx),
             dropped,
+            pending,
         })
+    }
+
+    /// Start the writer thread (once; later calls do nothing). Lines written before it
+    /// starts wait in the queue.
+    pub fn start_writer(&self) -> std::io::Result<()> {
+        let taken = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((rx, sink)) = taken {
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || write_loop(rx, sink))?;
+        }
+        Ok(())
     }
 
     pub fn enabled(&self) -> bool {

@@ -74,6 +74,19 @@ impl BackgroundService for DrainWatch {
     }
 }
 
+/// Starts the access log's writer thread in the process that serves: a background service
+/// runs after `-d` has forked, a thread started before the fork would not be in the daemon.
+struct AccessLogWriter(AccessLog);
+
+#[async_trait::async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        if let Err(e) = self.0.start_writer() {
+            log::error!("access log: cannot start the writer: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     gateway::logging::init();
     let mut cli = Cli::parse();
@@ -125,6 +138,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    if let Some(path) = &cfg.server.error_log {
+        if let Err(e) = gateway::logging::set_error_log(std::path::Path::new(path)) {
+            eprintln!("server.error_log: cannot open {path}: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let access_log = match AccessLog::open(&cfg.server.access_log) {
         Ok(l) => l,
         Err(e) => {
@@ -145,6 +164,8 @@ fn main() -> ExitCode {
         grace_period_seconds: Some(s.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        // With -d, the daemon's stderr (a panic, say) goes to the error log too.
+        error_log: s.error_log.clone(),
         // Relative paths in the config (certificates, logs) keep meaning the directory the
         // gateway was started in, also after -d.
         working_directory: std::env::current_dir().ok(),
@@ -164,6 +185,10 @@ fn main() -> ExitCode {
         Arc::new(DrainWatch {
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
         }),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "access log".into(),
+        Arc::new(AccessLogWriter(access_log.clone())),
     ));
     let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();

@@ -88,6 +88,8 @@ impl Reloader {
 
     /// Load the file and, if it is valid and different, serve it. Blocking (file and DNS).
     pub fn reload(&self, trigger: &str) -> Result<Outcome, ConfigErrors> {
+        // Every reload also opens the log files again, as SIGUSR1 does (logrotate).
+        crate::logging::request_reopen();
         let mut st = self.lock();
         let result = self.try_reload(&mut st);
         match &result {
@@ -215,6 +217,9 @@ impl Reloader {
 fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let mut out = Vec::new();
+    if a.error_log != b.error_log {
+        out.push("server.error_log");
+    }
     if !a
         .listen
         .iter()
@@ -299,6 +304,13 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGUSR1: {e}");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(POLL);
         let mut pending: Option<u64> = None;
         loop {
@@ -306,6 +318,10 @@ impl BackgroundService for ReloadService {
                 _ = shutdown.changed() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
                     self.reload("SIGHUP").await;
+                }
+                Some(()) = async { match usr1.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    crate::logging::request_reopen();
+                    log::info!("SIGUSR1: log files opened again");
                 }
                 _ = tick.tick(), if self.watch_file => {
                     let path = self.reloader.path.clone();

@@ -698,3 +698,146 @@ routes:
         assert!(!logs.contains(secret), "{secret} in a log:\n{logs}");
     }
 }
+
+/// Stops a daemonized gateway (by its pid file) however the test ends.
+struct Daemon(std::path::PathBuf);
+
+impl Daemon {
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .map(|p| p.trim().to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status();
+        }
+    }
+}
+
+/// With `-d` the process forks; everything that runs beside the requests (the access log
+/// writer, metrics, health checks, the config file watch) must run in the daemon, its own
+/// log goes to `error_log`, and both logs follow logrotate (SIGUSR1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_writes_its_logs_runs_its_background_work_and_reopens_its_logs() {
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let error_log = s.path("error.log");
+    let config = |tag: &str| {
+        format!(
+            r#"{}  error_log: {}
+upstreams:
+  u:
+    targets: [{{ addr: "{}" }}]
+    health_check: {{ type: http, path: /healthz, interval_ms: 100, healthy: 1, unhealthy: 1 }}
+routes:
+  - {{ name: r, upstream: u, headers: {{ response: {{ set: {{ x-tag: {tag} }} }} }} }}
+"#,
+            s.server_yaml(),
+            error_log.display(),
+            u.addr
+        )
+    };
+    let first = config("one");
+    let second = config("two");
+    let daemon = Daemon(s.path("gw.pid"));
+    let port = s.port;
+    let mut gw = s.start_with(&first, &["-d"], port);
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "the launcher exits"
+    );
+    let t = Instant::now();
+    while daemon.pid().is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(daemon.pid().is_some(), "pid file written");
+    let c = client();
+
+    for _ in 0..5 {
+        let r = c.get(gw.url("/d")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-tag"], "one");
+    }
+    let lines = gw.access_log_lines(5).await;
+    assert_eq!(lines.len(), 5, "the daemon writes its access log");
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 5"));
+
+    // Health checks run: an unhealthy target is taken out.
+    u.set_healthy(false);
+    let t = Instant::now();
+    loop {
+        let (_, body) = send_json(c.get(gw.admin_url("/admin/upstreams"))).await;
+        if body["data"]["u"]["targets"][0]["healthy"] == false {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "never marked down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    u.set_healthy(true);
+
+    // The file watch reloads.
+    gw.write_config(&second);
+    let t = Instant::now();
+    loop {
+        let r = c.get(gw.url("/d")).send().await.unwrap();
+        if r.headers().get("x-tag").is_some_and(|v| v == "two") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "reload never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The daemon's own log is in error_log, not on the terminal it was started from.
+    let text = std::fs::read_to_string(&error_log).unwrap();
+    assert!(text.contains("gateway serving"), "{text}");
+    assert!(text.contains("config reloaded"), "{text}");
+    assert!(!gw.stderr().contains("config reloaded"));
+
+    // logrotate: move both logs away, SIGUSR1, and the next lines go to new files.
+    let access = s_path(&gw, "access.log");
+    let seen = gw.access_log().len();
+    std::fs::rename(&access, s_path(&gw, "access.log.1")).unwrap();
+    std::fs::rename(&error_log, s_path(&gw, "error.log.1")).unwrap();
+    let pid = daemon.pid().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    while !error_log.exists() && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&error_log)
+            .unwrap_or_default()
+            .contains("SIGUSR1"),
+        "a new error log after SIGUSR1"
+    );
+    assert_eq!(
+        c.get(gw.url("/rotated")).send().await.unwrap().status(),
+        200
+    );
+    let lines = gw.access_log_lines(1).await;
+    assert_eq!(lines.len(), 1, "one line in the new access log");
+    assert_eq!(lines[0]["path"], "/rotated");
+    let old = std::fs::read_to_string(s_path(&gw, "access.log.1")).unwrap();
+    assert!(old.lines().count() >= seen && !old.contains("/rotated"));
+}
+
+fn s_path(gw: &Gateway, name: &str) -> std::path::PathBuf {
+    gw.dir.path().join(name)
+}

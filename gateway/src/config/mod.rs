@@ -417,6 +417,9 @@ pub struct ServerConfig {
     /// `stdout`, `off`, or a file path; one JSON object a line.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// The daemon's own log (and, with `-d`, its stderr): a file path; default stderr.
+    #[serde(default)]
+    pub error_log: Option<String>,
     /// Peers whose `X-Forwarded-For` names the real client (for ip_filter and `ip` keys).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -581,6 +584,7 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             access_log: default_access_log(),
+            error_log: None,
             trusted_proxies: Vec::new(),
             ip_filter: None,
             fanout: FanoutConfig::default(),

@@ -27,6 +27,18 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         };
         check_listen(&mut errs, &p, l.addr());
     }
+    if let Some(path) = &s.error_log {
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Err(e) = opened {
+            errs.push(ConfigError::new(
+                "server.error_log",
+                format!("cannot open {path}: {e}"),
+            ));
+        }
+    }
     for (i, tls) in s.tls.iter().enumerate() {
         let p = format!("server.tls[{i}]");
         check_listen(&mut errs, &format!("{p}.listen"), &tls.listen);
