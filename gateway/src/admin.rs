@@ -57,11 +57,14 @@ impl AdminApp {
         let rt = self.runtime.load();
         let mut out = serde_json::Map::new();
         for (name, up) in &rt.upstreams {
+            let ejections = up.ejections();
             let targets: Vec<Value> = up
                 .targets()
                 .into_iter()
                 .map(|(addr, weight, healthy)| {
-                    json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy})
+                    let (left_ms, total) = ejections.get(&addr).copied().unwrap_or_default();
+                    json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy,
+                           "ejected": left_ms > 0, "ejected_for_ms": left_ms, "ejections": total})
                 })
                 .collect();
             let breaker = up

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     pub banned_addresses: IntGaugeVec,
     pub client_timeouts: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -149,6 +150,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["scope"]
     )
     .expect("register gateway_auto_banned_addresses"),
+    upstream_ejections: register_int_counter_vec!(
+        "gateway_upstream_ejections_total",
+        "Targets ejected by outlier detection (consecutive failed tries), by upstream",
+        &["upstream"]
+    )
+    .expect("register gateway_upstream_ejections_total"),
     client_timeouts: register_int_counter_vec!(
         "gateway_client_timeouts_total",
         "Client connections cut for slowness, by phase: header (client_header_timeout_ms), body (client_body_timeout_ms, answered 408)",

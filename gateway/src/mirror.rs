@@ -70,7 +70,7 @@ impl Mirrorer {
     }
 
     async fn send_once(&self, up: &Upstream, req: RequestHeader, body: Vec<u8>) -> Result<()> {
-        let Some(backend) = up.select(b"", &[]) else {
+        let Some(backend) = up.select(b"", &[], false) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy mirror target");
         };
         let peer = up.peer(&backend);

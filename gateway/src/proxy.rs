@@ -796,9 +796,10 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        let retry = ctx.tries > 0;
         let selected = match &up.hash_key {
-            None => up.select(b"", &ctx.tried),
-            Some(key) => with_key(session, key, |k| up.select(k, &ctx.tried)),
+            None => up.select(b"", &ctx.tried, retry),
+            Some(key) => with_key(session, key, |k| up.select(k, &ctx.tried, retry)),
         };
         let Some(backend) = selected else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
@@ -1200,6 +1201,9 @@ impl Gateway {
         let Some(up) = ctx.upstream() else { return };
         if let Some(b) = &up.breaker {
             b.record(success, ctx.probe);
+        }
+        if let Some(t) = &ctx.target {
+            up.record_outcome(t, !success);
         }
         if !success && passive {
             if let Some(t) = &ctx.target {

@@ -112,7 +112,9 @@ async fn get_retries_past_a_dead_target_but_post_does_not() {
         r#"upstreams:
   u:
     targets: [{{ addr: "127.0.0.1:{dead_port}" }}, {{ addr: "{}" }}]
+    # The dead target stays in the rotation: no passive tracking, no ejection.
     failure_eject_ms: 0
+    outlier_detection: {{ consecutive_5xx: 0 }}
     retry: {{ attempts: 2, backoff: {{ base_ms: 5, max_ms: 20 }}, on: [connect_failure], budget_ratio: 1.0 }}
 routes:
   - {{ name: r, upstream: u }}
@@ -291,4 +293,61 @@ routes:
     assert_envelope(status, &body, 503);
     assert_eq!(body["message"], "circuit breaker open");
     assert_eq!(u.requests(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_is_passed_over_and_retries_keep_the_rotation() {
+    let bad = Upstream::start("bad").await;
+    bad.set_status(503);
+    let good = Upstream::start("good").await;
+    let upstreams = |outlier: &str| {
+        format!(
+            r#"upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    retry: {{ attempts: 1, on: [503], backoff: {{ base_ms: 1, max_ms: 1 }}, budget_ratio: 1.0 }}
+    {outlier}
+routes:
+  - {{ name: r, upstream: u }}
+"#,
+            bad.addr, good.addr
+        )
+    };
+    // Outlier detection off: the retry does not move the rotation, so the failing target
+    // gets every other first try, not every one.
+    let gw = Gateway::start(&upstreams("outlier_detection: { consecutive_5xx: 0 }"));
+    let c = client();
+    for _ in 0..40 {
+        assert_eq!(get_json(&c, &gw.url("/x")).await.0, 200);
+    }
+    assert_eq!(bad.requests(), 20, "first tries on the failing target");
+    assert_eq!(good.requests(), 40);
+    drop(gw);
+
+    // The defaults: five failures in a row eject it; everything goes to the other one.
+    let (bad_before, good_before) = (bad.requests(), good.requests());
+    let gw = Gateway::start(&upstreams(""));
+    for _ in 0..40 {
+        assert_eq!(get_json(&c, &gw.url("/x")).await.0, 200);
+    }
+    assert_eq!(bad.requests() - bad_before, 5, "ejected after 5 in a row");
+    assert_eq!(good.requests() - good_before, 40);
+    let (_, _, body) = get_json(&c, &gw.admin_url("/admin/upstreams")).await;
+    let targets = body["data"]["u"]["targets"].as_array().unwrap().clone();
+    let bad_target = targets
+        .iter()
+        .find(|t| t["addr"] == bad.addr.to_string())
+        .unwrap();
+    assert_eq!(bad_target["ejected"], true, "{body}");
+    assert_eq!(bad_target["ejections"], 1);
+    assert!(bad_target["ejected_for_ms"].as_u64().unwrap() > 20_000);
+    let good_target = targets
+        .iter()
+        .find(|t| t["addr"] == good.addr.to_string())
+        .unwrap();
+    assert_eq!(good_target["ejected"], false);
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_upstream_ejections_total{upstream=\"u\"} 1"));
 }

@@ -686,6 +686,9 @@ pub struct UpstreamConfig {
     /// this passive tracking off.
     #[serde(default = "default_failure_eject_ms")]
     pub failure_eject_ms: u64,
+    /// Targets that keep failing are ejected (Envoy's outlier detection).
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionConfig,
     #[serde(default)]
     pub circuit_breaker: Option<BreakerConfigYaml>,
     #[serde(default)]
@@ -694,6 +697,47 @@ pub struct UpstreamConfig {
 
 fn default_failure_eject_ms() -> u64 {
     1000
+}
+
+/// A target whose tries end in a 5xx or no answer `consecutive_5xx` times in a row is passed
+/// over for `base_ejection_ms` times its ejections in a row (at most `max_ejection_ms`); at
+/// most `max_ejection_percent` of the targets (at least one) are out at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// 0 turns it off.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    #[serde(default = "default_base_ejection_ms")]
+    pub base_ejection_ms: u64,
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        OutlierDetectionConfig {
+            consecutive_5xx: default_consecutive_5xx(),
+            base_ejection_ms: default_base_ejection_ms(),
+            max_ejection_ms: default_max_ejection_ms(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_base_ejection_ms() -> u64 {
+    30_000
+}
+fn default_max_ejection_ms() -> u64 {
+    300_000
+}
+fn default_max_ejection_percent() -> u8 {
+    50
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

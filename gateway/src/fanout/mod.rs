@@ -171,7 +171,7 @@ impl FanoutApp {
             Some(Admission::Allowed { probe }) => probe,
             None => false,
         };
-        let Some(target) = up.select(b"", &[]) else {
+        let Some(target) = up.select(b"", &[], false) else {
             return Outcome::Failed("no healthy target".into());
         };
         let peer = up.peer(&target);
@@ -179,13 +179,20 @@ impl FanoutApp {
         if let Some(br) = &up.breaker {
             br.record(result.is_ok(), probe);
         }
+        let addr = target.addr.as_inet();
         match result {
-            Ok(v) => Outcome::Ok(v),
+            Ok(v) => {
+                if let Some(a) = addr {
+                    up.record_outcome(a, false);
+                }
+                Outcome::Ok(v)
+            }
             Err((e, connection_failed)) => {
-                if connection_failed {
-                    if let Some(a) = target.addr.as_inet() {
+                if let Some(a) = addr {
+                    if connection_failed {
                         up.mark_failed(a);
                     }
+                    up.record_outcome(a, connection_failed || e.starts_with("status 5"));
                 }
                 Outcome::Failed(e)
             }

@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod health;
+pub mod outlier;
 
 use crate::config::RetryOn;
 use crate::config::{DiscoveryConfig, DnsRecordKind};
@@ -16,6 +17,7 @@ use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use dns::{DnsDiscovery, Kind};
 use http::HeaderName;
+use outlier::{OutlierSettings, TargetState};
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{consistent::KetamaHashing, Random, RoundRobin};
@@ -96,7 +98,9 @@ pub struct Upstream {
     pub deadline: Duration,
     clock: Arc<MonotonicClock>,
     failure_eject_ms: u64,
-    ejected_until: ArcSwap<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    outlier: OutlierSettings,
+    /// Passive tracking and outlier detection, per target (see [`outlier`]).
+    states: ArcSwap<TargetStates>,
     /// The latest end of any ejection: past it, no target is ejected and selection skips
     /// the per-target lookups.
     ejections_end: AtomicU64,
@@ -143,7 +147,7 @@ impl Upstream {
             Some(f) => Some(load_ca(f)?),
             None => None,
         };
-        let ejected_until = ArcSwap::from_pointee(ejection_slots(&set, None));
+        let states = ArcSwap::from_pointee(target_states(&set, None));
         let target_set = Arc::new(ArcSwap::from_pointee(set));
         let mut backends = Backends::new(Box::new(SharedTargets(target_set.clone())));
         if let Some(hc) = &cfg.health_check {
@@ -264,7 +268,13 @@ impl Upstream {
             deadline,
             clock,
             failure_eject_ms: cfg.failure_eject_ms,
-            ejected_until,
+            outlier: OutlierSettings {
+                consecutive_5xx: cfg.outlier_detection.consecutive_5xx,
+                base_ejection_ms: cfg.outlier_detection.base_ejection_ms,
+                max_ejection_ms: cfg.outlier_detection.max_ejection_ms,
+                max_ejection_percent: cfg.outlier_detection.max_ejection_percent,
+            },
+            states,
             ejections_end: AtomicU64::new(0),
             target_set,
             dns,
@@ -306,9 +316,11 @@ impl Upstream {
     }
 
     /// Pick a healthy target; `key` feeds the consistent hash and is ignored otherwise.
-    /// Targets in `avoid` (tried already by this request) and targets that failed moments
-    /// ago are passed over while any other healthy target remains.
-    pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<Backend> {
+    /// Targets in `avoid` (tried already by this request), targets that failed moments ago
+    /// and ejected ones are passed over while any other healthy target remains. A retry
+    /// (`retry`) of a round-robin or random upstream does not draw from the balancer, so it
+    /// never moves the rotation that the next request starts from.
+    pub fn select(&self, key: &[u8], avoid: &[SocketAddr], retry: bool) -> Option<Backend> {
         // A single target (a service address, one backend) serves whenever it is healthy,
         // tried or ejected alike: no walk through the balancer, which hashes and allocates
         // to keep its candidates unique.
@@ -319,6 +331,17 @@ impl Upstream {
         }
         let now = self.clock.now_ms();
         let tried = |b: &Backend| b.addr.as_inet().is_some_and(|a| avoid.contains(a));
+        if retry && !matches!(self.balancer, Balancer::Hash(_)) {
+            // From a random place in the list, so retries spread over the others.
+            let start = fastrand::usize(..all.len());
+            let ring = || all.iter().cycle().skip(start).take(all.len());
+            let pick = |accept: &dyn Fn(&Backend) -> bool| {
+                ring().find(|b| backends.ready(b) && accept(b)).cloned()
+            };
+            return pick(&|b| !tried(b) && !self.ejected(b, now))
+                .or_else(|| pick(&|b| !tried(b)))
+                .or_else(|| pick(&|_| true));
+        }
         self.select_with(key, |b, healthy| {
             healthy && !tried(b) && !self.ejected(b, now)
         })
@@ -331,10 +354,10 @@ impl Upstream {
             return false;
         }
         b.addr.as_inet().is_some_and(|a| {
-            self.ejected_until
+            self.states
                 .load()
                 .get(a)
-                .is_some_and(|until| until.load(Ordering::Relaxed) > now_ms)
+                .is_some_and(|s| s.passed_over(now_ms))
         })
     }
 
@@ -343,11 +366,63 @@ impl Upstream {
         if self.failure_eject_ms == 0 {
             return;
         }
-        if let Some(until) = self.ejected_until.load().get(addr) {
+        if let Some(state) = self.states.load().get(addr) {
             let end = self.clock.now_ms() + self.failure_eject_ms;
-            until.store(end, Ordering::Relaxed);
+            state.pass_over_until(end);
             self.ejections_end.fetch_max(end, Ordering::Relaxed);
         }
+    }
+
+    /// Outlier detection: the outcome of one try on `addr` (`failed`: a 5xx answer, or no
+    /// answer at all).
+    pub fn record_outcome(&self, addr: &SocketAddr, failed: bool) {
+        let states = self.states.load();
+        let Some(state) = states.get(addr) else {
+            return;
+        };
+        if !failed {
+            // The common case: one store, no scan of the pool.
+            state.record(false, &self.outlier, 0, 0, 0);
+            return;
+        }
+        let now = self.clock.now_ms();
+        let ejected_now = states
+            .iter()
+            .filter(|(a, s)| *a != addr && s.ejected(now))
+            .count();
+        match state.record(true, &self.outlier, now, ejected_now, states.len()) {
+            outlier::Recorded::Ejected(ms) => {
+                self.ejections_end.fetch_max(now + ms, Ordering::Relaxed);
+                METRICS
+                    .upstream_ejections
+                    .with_label_values(&[self.name.as_str()])
+                    .inc();
+                log::warn!(
+                    "upstream {}: target {addr} ejected for {ms} ms after {} failed tries in a row",
+                    self.name,
+                    self.outlier.consecutive_5xx
+                );
+            }
+            outlier::Recorded::Held | outlier::Recorded::Nothing => {}
+        }
+    }
+
+    /// Each target's outlier state: milliseconds of ejection left, and ejections so far.
+    pub fn ejections(&self) -> HashMap<SocketAddr, (u64, u64)> {
+        let now = self.clock.now_ms();
+        self.states
+            .load()
+            .iter()
+            .map(|(a, s)| {
+                (
+                    *a,
+                    (
+                        s.ejected_for_ms(now),
+                        s.ejected_total.load(Ordering::Relaxed),
+                    ),
+                )
+            })
+            .collect()
     }
 
     fn backends(&self) -> &Backends {
@@ -440,10 +515,8 @@ impl Upstream {
                 if set != **self.target_set.load() {
                     let list: Vec<String> = set.iter().map(|b| b.addr.to_string()).collect();
                     log::info!("upstream {}: discovery: targets now {list:?}", self.name);
-                    self.ejected_until.store(Arc::new(ejection_slots(
-                        &set,
-                        Some(&self.ejected_until.load()),
-                    )));
+                    self.states
+                        .store(Arc::new(target_states(&set, Some(&self.states.load()))));
                     self.target_set.store(Arc::new(set));
                     let updated = match &self.balancer {
                         Balancer::RoundRobin(lb) => lb.update().await,
@@ -488,18 +561,16 @@ fn backend(addr: SocketAddr, weight: usize) -> Backend {
     }
 }
 
-/// A passive-tracking slot per target, keeping the slots of targets that stay.
-fn ejection_slots(
-    set: &BTreeSet<Backend>,
-    old: Option<&HashMap<SocketAddr, Arc<AtomicU64>>>,
-) -> HashMap<SocketAddr, Arc<AtomicU64>> {
+/// Looked up on every upstream try: a fast hash, since the keys are our own targets.
+type TargetStates = HashMap<SocketAddr, Arc<TargetState>, foldhash::fast::FixedState>;
+
+/// A state per target, keeping the states of targets that stay.
+fn target_states(set: &BTreeSet<Backend>, old: Option<&TargetStates>) -> TargetStates {
     set.iter()
         .filter_map(|b| b.addr.as_inet())
         .map(|a| {
-            let slot = old
-                .and_then(|o| o.get(a).cloned())
-                .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
-            (*a, slot)
+            let state = old.and_then(|o| o.get(a).cloned()).unwrap_or_default();
+            (*a, state)
         })
         .collect()
 }
@@ -601,7 +672,7 @@ mod tests {
         );
         let mut first = 0;
         for _ in 0..10_000 {
-            let b = u.select(b"", &[]).unwrap();
+            let b = u.select(b"", &[], false).unwrap();
             if b.addr.as_inet().unwrap().port() == 1001 {
                 first += 1;
             }
@@ -623,11 +694,11 @@ mod tests {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // Tried already or ejected, it is still the only choice.
         u.mark_failed(&addr);
-        let b = u.select(b"", &[addr]).unwrap();
+        let b = u.select(b"", &[addr], false).unwrap();
         assert_eq!(b.addr.as_inet(), Some(&addr));
         u.probe().await;
         assert!(
-            u.select(b"", &[]).is_none(),
+            u.select(b"", &[], false).is_none(),
             "an unhealthy single target was chosen"
         );
     }
@@ -638,9 +709,9 @@ mod tests {
             "targets: [{ addr: \"127.0.0.1:1001\" }, { addr: \"127.0.0.1:1002\" }, { addr: \"127.0.0.1:1003\" }]\nlb: consistent_hash\nhash_key: \"header:x-user\"",
         );
         for key in ["alice", "bob", "carol", "dave"] {
-            let a = u.select(key.as_bytes(), &[]).unwrap();
+            let a = u.select(key.as_bytes(), &[], false).unwrap();
             for _ in 0..50 {
-                assert_eq!(u.select(key.as_bytes(), &[]).unwrap().addr, a.addr);
+                assert_eq!(u.select(key.as_bytes(), &[], false).unwrap().addr, a.addr);
             }
         }
     }
