@@ -112,6 +112,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Without an address in server.fanout, aggregates go to a fan-out service of this process
+    // on a loopback port the OS chooses (checking a config binds nothing).
+    let fanout = &cfg.server.fanout;
+    let local_fanout = if fanout.listen.is_none() && fanout.target.is_none() && !cli.fanout_only {
+        let addr = if cli.test || cli.print_paths {
+            "127.0.0.1:0".to_string()
+        } else {
+            match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+                Ok(a) => a.to_string(),
+                Err(e) => {
+                    eprintln!("cannot choose a loopback port for the fan-out service: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        };
+        gateway::runtime::set_local_fanout(addr.clone());
+        Some(addr)
+    } else {
+        None
+    };
     let runtime = match Runtime::build(&cfg, 1, None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -207,11 +227,18 @@ fn main() -> ExitCode {
         "gateway proxy".to_string(),
         Guarded::new(app, Duration::from_millis(s.client_header_timeout_ms)),
     );
-    if let Some(addr) = &s.fanout.listen {
+    // The fan-out service: on server.fanout.listen, or, when server.fanout names no address,
+    // on the loopback port chosen at start (so a reload may add aggregates).
+    let fanout_listen = s.fanout.listen.clone().or(local_fanout);
+    if let Some(addr) = &fanout_listen {
         let mut fanout = Service::new(
             "fanout".to_string(),
             HttpServer::new_app(FanoutApp::new(handle.clone())),
         );
+        if s.fanout.listen.is_none() {
+            // Only this process's proxy calls it; one thread idles cheaper than several.
+            fanout.threads = Some(1);
+        }
         fanout.add_tcp(addr);
         server.add_service(fanout);
     } else if cli.fanout_only {

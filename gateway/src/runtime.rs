@@ -27,6 +27,15 @@ use std::time::Duration;
 /// The name of the built-in upstream that reaches the fan-out service.
 pub const FANOUT_UPSTREAM: &str = "fanout";
 
+/// Where this process's own fan-out service listens when `server.fanout` names no address
+/// (a loopback port the OS chose at start); every config compiled in the process uses it.
+static LOCAL_FANOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Set once at start, before the first compile.
+pub fn set_local_fanout(addr: String) {
+    let _ = LOCAL_FANOUT.set(addr);
+}
+
 /// The shared, swappable pointer to the current Runtime.
 pub type RuntimeHandle = Arc<ArcSwap<Runtime>>;
 
@@ -220,13 +229,12 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), up);
         }
-        // Aggregate routes are proxied to the fan-out service, reached as one more upstream.
-        if let Some(addr) = config.server.fanout.target.as_ref().or(config
-            .server
-            .fanout
-            .listen
-            .as_ref())
-        {
+        // Aggregate routes are proxied to the fan-out service, reached as one more upstream:
+        // the one `server.fanout` names, or this process's own.
+        let fanout = &config.server.fanout;
+        let named = fanout.target.as_ref().or(fanout.listen.as_ref());
+        let local = LOCAL_FANOUT.get().filter(|_| !config.aggregates.is_empty());
+        if let Some(addr) = named.or(local) {
             let longest = config
                 .aggregates
                 .values()

@@ -314,3 +314,43 @@ aggregates:
         assert_eq!(body["data"]["profile"]["uri"], uri);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_need_no_port_of_their_own_even_when_added_by_a_reload() {
+    let profile = Upstream::start("profile").await;
+    let s = Setup::new();
+    let base = format!(
+        "{}upstreams:\n  profile: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: plain, upstream: profile, match: {{ path: {{ prefix: /plain }} }} }}\n",
+        s.server_yaml(),
+        profile.addr
+    );
+    let gw = s.start(&base);
+    let c = client();
+    assert_eq!(get_json(&c, &gw.url("/plain")).await.0, 200);
+    // No server.fanout anywhere: an aggregate added by a reload is served in this process.
+    gw.write_config(&format!(
+        "{base}  - {{ name: home, match: {{ path: {{ exact: /home }} }}, aggregate: home }}\naggregates:\n  home:\n    backends:\n      - {{ key: profile, upstream: profile, path: /profile, required: true }}\n"
+    ));
+    let t = Instant::now();
+    loop {
+        let (status, _, body) = get_json(&c, &gw.url("/home")).await;
+        if status == 200 {
+            assert_eq!(body["data"]["profile"]["uri"], "/profile");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Started with an aggregate and no server.fanout, too.
+    let s2 = Setup::new();
+    let yaml = format!(
+        "{}upstreams:\n  profile: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: home, match: {{ path: {{ exact: /home }} }}, aggregate: home }}\naggregates:\n  home:\n    backends:\n      - {{ key: profile, upstream: profile, path: /p }}\n",
+        s2.server_yaml(),
+        profile.addr
+    );
+    let gw2 = s2.start(&yaml);
+    let (status, _, body) = get_json(&c, &gw2.url("/home")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["profile"]["uri"], "/p");
+}

@@ -330,12 +330,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         );
     }
 
-    if !config.aggregates.is_empty() && s.fanout.listen.is_none() && s.fanout.target.is_none() {
-        errs.push(ConfigError::new(
-            "server.fanout.listen",
-            "aggregates need the fan-out service: set server.fanout.listen",
-        ));
-    }
     for (field, addr) in [("listen", &s.fanout.listen), ("target", &s.fanout.target)] {
         if let Some(a) = addr {
             check_listen(&mut errs, &format!("server.fanout.{field}"), a);
