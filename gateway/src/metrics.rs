@@ -32,6 +32,7 @@ pub struct Metrics {
     pub banned_addresses: IntGaugeVec,
     pub client_timeouts: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
+    pub invalid_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -150,6 +151,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["scope"]
     )
     .expect("register gateway_auto_banned_addresses"),
+    invalid_requests: register_int_counter_vec!(
+        "gateway_invalid_requests_total",
+        "Request heads the HTTP parser refused before routing, by status (400, 431)",
+        &["status"]
+    )
+    .expect("register gateway_invalid_requests_total"),
     upstream_ejections: register_int_counter_vec!(
         "gateway_upstream_ejections_total",
         "Targets ejected by outlier detection (consecutive failed tries), by upstream",

@@ -463,6 +463,22 @@ fn apply_keepalive(session: &mut Session, keepalive: &crate::runtime::Keepalive)
     }
 }
 
+/// The answer to a head the parser refused: its status from the cause.
+fn invalid_request_error(e: &Error) -> GatewayError {
+    let cause = e.root_cause().to_string();
+    let context = e.context.as_ref().map(|c| c.as_str()).unwrap_or("");
+    if cause.contains("too many headers") {
+        GatewayError::new(431, "too many header fields")
+    } else if context.contains("larger than") || cause.contains("larger than") {
+        GatewayError::new(431, "request header fields too large")
+    } else if context.starts_with("invalid uri") && context.len() > u16::MAX as usize {
+        // The http crate's URI holds at most 64 KiB.
+        GatewayError::new(414, "request target too long")
+    } else {
+        GatewayError::new(400, "malformed request")
+    }
+}
+
 fn status_error(code: u16) -> GatewayError {
     match code {
         400 => GatewayError::new(400, "bad request"),
@@ -512,6 +528,34 @@ impl ProxyHttp for Gateway {
             try_start: now,
             trace_id: [b'0'; 32],
             trace_flags: *b"01",
+        }
+    }
+
+    /// A request head Pingora's parser refused (before any other hook): answered in the
+    /// envelope like every other error of the gateway, 431 for too many or too large header
+    /// fields, 414 for a target over 64 KiB, 400 otherwise; the connection closes after it.
+    fn invalid_request_response(&self, e: &Error) -> (ResponseHeader, Bytes) {
+        let err = invalid_request_error(e);
+        log::debug!("request head refused by the parser: {e}");
+        METRICS
+            .invalid_requests
+            .with_label_values(&[err.status.as_str()])
+            .inc();
+        let body = Bytes::from(err.body());
+        let resp = ResponseHeader::build(err.status, Some(5)).and_then(|mut r| {
+            r.insert_header(CONTENT_TYPE, JSON.clone())?;
+            r.insert_header(CONTENT_LENGTH, body.len())?;
+            r.insert_header(X_REQUEST_ID.clone(), new_request_id())?;
+            r.insert_header(http::header::CONNECTION, "close")?;
+            Ok(r)
+        });
+        match resp {
+            Ok(r) => (r, body),
+            // Building a header from fixed parts does not fail; if it ever did, Pingora's own.
+            Err(_) => (
+                pingora::protocols::http::ServerSession::generate_error(400),
+                Bytes::new(),
+            ),
         }
     }
 

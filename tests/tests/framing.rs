@@ -551,3 +551,88 @@ async fn slow_clients_are_counted_not_logged_one_by_one_and_a_stalled_body_gets_
         .await
         .contains("gateway_client_timeouts_total{phase=\"body\"} 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_parser_refuses_are_answered_in_the_envelope() {
+    let u = Upstream::start("u").await;
+    let gw = start("", &u);
+    let many: String = (0..300).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200_000));
+    let many_fields = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("not a request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            "bad method token",
+            b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bad version",
+            b"GET / HTTP/9.9\r\nHost: a\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "space in a field name",
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "non-numeric length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "negative length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "conflicting lengths",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+            400,
+        ),
+        (
+            "NUL in the target",
+            b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("more than 256 fields", many_fields.into_bytes(), 431),
+        ("a 200 KB request line", long_line.into_bytes(), 414),
+    ];
+    for (name, bytes, want) in cases {
+        let out = raw(gw.port, &bytes, Duration::from_secs(3));
+        assert_eq!(
+            codes(&out),
+            (want, Some(u64::from(want))),
+            "{name}:\n{out:.300}"
+        );
+        let head = out
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        assert!(
+            head.contains("content-type: application/json"),
+            "{name}: {head}"
+        );
+        assert!(head.contains("x-request-id: "), "{name}: {head}");
+        assert!(head.contains("connection: close"), "{name}: {head}");
+    }
+    assert_eq!(u.requests(), 0);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("gateway_invalid_requests_total{status=\"431\"}"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("invalid_requests"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
