@@ -208,3 +208,41 @@ routes:
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn every_typo_and_bad_value_is_reported_in_one_run() {
+    let s = Setup::new();
+    let f = s.path("typos.yaml");
+    std::fs::write(
+        &f,
+        r#"server:
+  thredas: 4
+  listen: ["127.0.0.1:8080"]
+upstreams:
+  u:
+    targets: [{ addr: "127.0.0.1:9001" }]
+    lb: roundrobin
+    timeouts: { conect_ms: 100 }
+routes:
+  - name: a
+    upstream: u
+    plugins:
+      rate_limit: [{ algorithm: sliding_window, limit: 5, on_store_error: maybe }]
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok);
+    for want in [
+        "server: unknown field `thredas`",
+        "at line 2 column 12",
+        "upstreams.u.lb: unknown variant `roundrobin`",
+        "at line 7 column 9",
+        "upstreams.u.timeouts: unknown field `conect_ms`",
+        "at line 8 column 28",
+        "routes[0].plugins.rate_limit[0].on_store_error: unknown variant `maybe`",
+        "configuration refused (4 errors)",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}

@@ -1,13 +1,14 @@
 //! The YAML file format: what an operator writes, parsed with serde into plain structs.
 //!
-//! Unknown keys are errors. Parsing keeps the YAML path of the first fault
-//! (`routes[3].match.path`) and [`validate`] then reports every semantic fault with its
-//! path, so `gateway -t` can list them all at once. Nothing here touches the network;
+//! Unknown keys are errors. Parsing reports every unknown key and bad value with its YAML
+//! path and line (`routes[3].match.path`, [`parse`]), and [`validate`] then reports every
+//! semantic fault with its path, so `gateway -t` can list them all at once. Nothing here touches the network;
 //! [`crate::runtime`] compiles a validated [`Config`] into what requests use.
 //!
 //! A key that holds a credential has the type [`Secret`] or [`SecretUrl`], so the admin API
 //! and the logs never show its value.
 
+mod parse;
 mod secret;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+pub use parse::parse;
 pub use secret::{Secret, SecretUrl, REDACTED};
 pub use validate::{resolve, validate};
 
@@ -1120,21 +1122,6 @@ pub struct HeaderOpsConfig {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
-}
-
-/// Parse YAML text. The error names the YAML path and the line of the first fault.
-pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    serde_yaml::from_str(text).map_err(|e| {
-        // serde_yaml words its errors as `PATH: MESSAGE at line L column C`.
-        let text = e.to_string();
-        let err = match text.split_once(": ") {
-            Some((path, msg)) if !path.contains(' ') && !path.is_empty() => {
-                ConfigError::new(path, msg)
-            }
-            _ => ConfigError::new("", text),
-        };
-        ConfigErrors(vec![err])
-    })
 }
 
 impl ServerConfig {
