@@ -141,8 +141,15 @@ impl Ctx {
     }
 }
 
-/// Run `f` on the bytes of a hash key (`header:NAME`, `ip`, `path`) of this request.
-fn with_key<R>(session: &Session, key: &HashKey, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Run `f` on the bytes of a hash key (`header:NAME`, `ip`, `path`) of this request. `ip` is
+/// the client's address as resolved through `server.trusted_proxies`, not the socket peer:
+/// behind a load balancer every request would hash alike.
+fn with_key<R>(
+    session: &Session,
+    client: Option<IpAddr>,
+    key: &HashKey,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
     match key {
         HashKey::Header(name) => f(session
             .req_header()
@@ -150,7 +157,7 @@ fn with_key<R>(session: &Session, key: &HashKey, f: impl FnOnce(&[u8]) -> R) -> 
             .get(name)
             .map_or(b"", |v| v.as_bytes())),
         HashKey::Path => f(session.req_header().uri.path().as_bytes()),
-        HashKey::Ip => match client_ip(session) {
+        HashKey::Ip => match client {
             Some(ip) => f(plugins::ipfilter::IpText::new(ip).as_str().as_bytes()),
             None => f(b""),
         },
@@ -746,7 +753,7 @@ impl ProxyHttp for Gateway {
         let route = &ctx.rt.routes[idx];
         if route.arms.len() > 1 {
             ctx.arm = match &route.sticky {
-                Some(key) => with_key(session, key, |k| route.pick(Some(k))),
+                Some(key) => with_key(session, ctx.client_ip, key, |k| route.pick(Some(k))),
                 None => route.pick(None),
             };
         }
@@ -843,7 +850,9 @@ impl ProxyHttp for Gateway {
         let retry = ctx.tries > 0;
         let selected = match &up.hash_key {
             None => up.select(b"", &ctx.tried, retry),
-            Some(key) => with_key(session, key, |k| up.select(k, &ctx.tried, retry)),
+            Some(key) => with_key(session, ctx.client_ip, key, |k| {
+                up.select(k, &ctx.tried, retry)
+            }),
         };
         let Some(backend) = selected else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");

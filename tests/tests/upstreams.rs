@@ -185,3 +185,40 @@ routes:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hashing_uses_the_client_behind_a_trusted_proxy() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let s = tests::Setup::new();
+    let yaml = format!(
+        "{}  trusted_proxies: [\"127.0.0.3/32\"]\nupstreams:\n  u:\n    targets: [{{ addr: \"{}\" }}, {{ addr: \"{}\" }}]\n    lb: consistent_hash\n    hash_key: ip\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        s.server_yaml(),
+        a.addr,
+        b.addr
+    );
+    let gw = s.start(&yaml);
+    // Every request comes from the one load balancer at 127.0.0.3; the clients differ.
+    let lb = tests::client_from("127.0.0.3");
+    let mut used = std::collections::HashMap::new();
+    for i in 0..30 {
+        let client = format!("198.51.100.{i}");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let r = lb
+                .get(gw.url("/"))
+                .header("x-forwarded-for", &client)
+                .send()
+                .await
+                .unwrap();
+            seen.insert(r.headers()["x-upstream"].to_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "{client} spread over {seen:?}");
+        *used.entry(seen.into_iter().next().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        used.len(),
+        2,
+        "30 clients behind one proxy all hashed alike: {used:?}"
+    );
+}
