@@ -8,6 +8,12 @@
 //! that ends the head, the client has `client_header_timeout`; past it, reads fail and the
 //! connection is closed. Bodies and the wait between two requests are not timed here.
 //!
+//! Between two requests on a kept-alive connection the guard also bounds the idle time
+//! (`keepalive_timeout_secs`): past it, the next read ends as if the client had closed, and
+//! Pingora closes the connection quietly. The timer is not touched per request: it is armed
+//! once and, when it fires early, re-armed for what is left of the idle time measured from
+//! the end of the last request.
+//!
 //! On a plain listener that also speaks h2c, Pingora first waits for 24 bytes to tell the
 //! HTTP/2 preface from HTTP/1. The guard answers that question itself as soon as the bytes
 //! differ from the preface, so a short HTTP/1 request is served at once, and within the
@@ -44,13 +50,21 @@ pub const HEAD_TIMED_OUT: &str = "request head not received in time";
 pub struct Guarded<A> {
     inner: Arc<A>,
     header_timeout: Duration,
+    /// The idle time allowed between requests, by the listener a connection came in on
+    /// (from the config when the connection starts).
+    idle: Box<dyn Fn(Option<std::net::SocketAddr>) -> Option<Duration> + Send + Sync>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, header_timeout: Duration) -> Self {
+    pub fn new(
+        inner: A,
+        header_timeout: Duration,
+        idle: impl Fn(Option<std::net::SocketAddr>) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
         Guarded {
             inner: Arc::new(inner),
             header_timeout,
+            idle: Box::new(idle),
         }
     }
 }
@@ -65,7 +79,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
-            Box::new(HeadDeadline::new(stream, self.header_timeout))
+            let local = stream
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
+            let idle = (self.idle)(local);
+            Box::new(HeadDeadline::new(stream, self.header_timeout, idle))
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -222,17 +240,26 @@ impl HeadEnd {
 impl HeadEnd {
     /// A piece of the request line: exactly two spaces, no control byte, CR only at the end.
     fn request_line(&mut self, seg: &[u8]) {
+        let (mut spaces, mut cr, mut bad) = (
+            self.request_line_spaces,
+            self.request_line_cr,
+            self.framing.bad_request_line,
+        );
         for &b in seg {
-            if self.request_line_cr {
-                self.framing.bad_request_line = true;
+            bad |= cr;
+            // Most bytes are visible ASCII: one comparison each.
+            if b > b' ' && b != 0x7f {
+                continue;
             }
             match b {
-                b' ' => self.request_line_spaces = self.request_line_spaces.saturating_add(1),
-                b'\r' => self.request_line_cr = true,
-                0..=0x1f | 0x7f => self.framing.bad_request_line = true,
-                _ => {}
+                b' ' => spaces = spaces.saturating_add(1),
+                b'\r' => cr = true,
+                _ => bad = true,
             }
         }
+        self.request_line_spaces = spaces;
+        self.request_line_cr = cr;
+        self.framing.bad_request_line = bad;
     }
 }
 
@@ -269,10 +296,17 @@ pub struct HeadDeadline {
     deadline: Pin<Box<Sleep>>,
     /// Bytes read while telling h2c from HTTP/1, served before anything else.
     replay: BytesMut,
+    /// The idle time allowed between requests; `None`: no limit.
+    idle: Option<Duration>,
+    /// When the connection became idle (the last request ended), once a read saw it.
+    idle_since: Option<Instant>,
+    /// The timer holds this task's waker: it was polled since it was last set. The
+    /// connection is served by one task, so it need not be polled again until it fires.
+    timer_polled: bool,
 }
 
 impl HeadDeadline {
-    fn new(inner: Stream, timeout: Duration) -> Self {
+    fn new(inner: Stream, timeout: Duration, idle: Option<Duration>) -> Self {
         let due = Instant::now() + timeout;
         HeadDeadline {
             inner,
@@ -282,6 +316,48 @@ impl HeadDeadline {
             due,
             deadline: Box::pin(tokio::time::sleep_until(due)),
             replay: BytesMut::new(),
+            idle,
+            idle_since: None,
+            timer_polled: false,
+        }
+    }
+
+    /// Set the timer, which then needs a poll to hold the waker.
+    fn arm(&mut self, at: Instant) {
+        self.deadline.as_mut().reset(at);
+        self.timer_polled = false;
+    }
+
+    /// Whether the timer has fired; polled (to leave the waker with it) only when needed.
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer_polled {
+            return self.deadline.is_elapsed();
+        }
+        let fired = self.deadline.as_mut().poll(cx).is_ready();
+        self.timer_polled = !fired;
+        fired
+    }
+
+    /// A read found no byte of the next request: whether the connection has been idle for
+    /// longer than allowed. Arms the timer only when it would fire later than the idle
+    /// deadline or has already fired; a timer that fires early is re-armed here.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle else { return false };
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        let due = since + idle;
+        loop {
+            let armed = self.deadline.deadline();
+            if armed > due || armed <= since {
+                self.arm(due);
+            }
+            if !self.timer_fired(cx) {
+                return false;
+            }
+            if Instant::now() >= due {
+                return true;
+            }
+            // Fired early (set for an earlier idle spell or a head): wait for the rest.
+            self.arm(due);
         }
     }
 
@@ -294,6 +370,7 @@ impl HeadDeadline {
             self.phase.set(Phase::Head);
             self.head = HeadEnd::default();
             self.due = Instant::now() + self.timeout;
+            self.idle_since = None;
         }
         if self.phase.get() == Phase::Head && self.head.feed(data) {
             self.phase.set(Phase::Body);
@@ -332,13 +409,19 @@ impl AsyncRead for HeadDeadline {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase.get() == Phase::Head {
-                    if this.deadline.deadline() != this.due {
-                        this.deadline.as_mut().reset(this.due);
+                match this.phase.get() {
+                    Phase::Head => {
+                        if this.deadline.deadline() != this.due {
+                            let due = this.due;
+                            this.arm(due);
+                        }
+                        if this.timer_fired(cx) {
+                            return Poll::Ready(Err(Self::timed_out()));
+                        }
                     }
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(Self::timed_out()));
-                    }
+                    // Nothing read: to Pingora, the client closed between two requests.
+                    Phase::Idle if this.idle_expired(cx) => return Poll::Ready(Ok(())),
+                    _ => {}
                 }
                 Poll::Pending
             }

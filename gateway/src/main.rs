@@ -225,7 +225,13 @@ fn main() -> ExitCode {
     app.server_options = Some(opts);
     let mut proxy = Service::new(
         "gateway proxy".to_string(),
-        Guarded::new(app, Duration::from_millis(s.client_header_timeout_ms)),
+        Guarded::new(app, Duration::from_millis(s.client_header_timeout_ms), {
+            let handle = handle.clone();
+            move |local| {
+                let rule = handle.load().keepalive.rule(local);
+                (rule.timeout_secs > 0).then(|| Duration::from_secs(rule.timeout_secs))
+            }
+        }),
     );
     // The fan-out service: on server.fanout.listen, or, when server.fanout names no address,
     // on the loopback port chosen at start (so a reload may add aggregates).

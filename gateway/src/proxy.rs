@@ -445,11 +445,11 @@ fn request_has_body(req: &RequestHeader) -> bool {
     h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Bound how long an HTTP/1 connection may idle between requests and how many requests it
-/// serves. Pingora's parser turns keep-alive on without a limit for every HTTP/1.1 request,
-/// so this runs on every request; a connection the client asked to close stays closed. The
-/// request count travels with the connection from one request to the next (Pingora
-/// decrements it), so it is set on the first request only.
+/// Bound how many requests an HTTP/1 connection serves, or turn keep-alive off. The idle
+/// time between requests is the connection guard's (guard.rs), which costs no timer per
+/// request, so Pingora's own keep-alive timeout is left off. The request count travels with
+/// the connection from one request to the next (Pingora decrements it), so it is set on the
+/// first request only; a connection the client asked to close stays closed.
 fn apply_keepalive(session: &mut Session, keepalive: &crate::runtime::Keepalive) {
     let local = match session.server_addr() {
         Some(PingoraAddr::Inet(a)) => Some(*a),
@@ -464,7 +464,6 @@ fn apply_keepalive(session: &mut Session, keepalive: &crate::runtime::Keepalive)
         ds.set_keepalive(None);
         return;
     }
-    ds.set_keepalive(Some(rule.timeout_secs));
     if rule.requests > 0 && ds.get_keepalive_reuses_remaining().is_none() {
         ds.set_keepalive_reuses_remaining(Some(rule.requests - 1));
     }

@@ -101,6 +101,10 @@ pub struct Upstream {
     outlier: OutlierSettings,
     /// Passive tracking and outlier detection, per target (see [`outlier`]).
     states: ArcSwap<TargetStates>,
+    /// Targets in a run of failures: while none is, a success has nothing to reset and
+    /// looks nothing up. A hint: a success racing the first failure of a run may leave that
+    /// failure counted.
+    failing: std::sync::atomic::AtomicUsize,
     /// The latest end of any ejection: past it, no target is ejected and selection skips
     /// the per-target lookups.
     ejections_end: AtomicU64,
@@ -275,6 +279,7 @@ impl Upstream {
                 max_ejection_percent: cfg.outlier_detection.max_ejection_percent,
             },
             states,
+            failing: std::sync::atomic::AtomicUsize::new(0),
             ejections_end: AtomicU64::new(0),
             target_set,
             dns,
@@ -376,13 +381,18 @@ impl Upstream {
     /// Outlier detection: the outcome of one try on `addr` (`failed`: a 5xx answer, or no
     /// answer at all).
     pub fn record_outcome(&self, addr: &SocketAddr, failed: bool) {
+        if !failed && self.failing.load(Ordering::Relaxed) == 0 {
+            // The common case: nothing to reset.
+            return;
+        }
         let states = self.states.load();
         let Some(state) = states.get(addr) else {
             return;
         };
         if !failed {
-            // The common case: one store, no scan of the pool.
-            state.record(false, &self.outlier, 0, 0, 0);
+            if state.succeeded() {
+                self.failing.fetch_sub(1, Ordering::Relaxed);
+            }
             return;
         }
         let now = self.clock.now_ms();
@@ -390,7 +400,18 @@ impl Upstream {
             .iter()
             .filter(|(a, s)| *a != addr && s.ejected(now))
             .count();
-        match state.record(true, &self.outlier, now, ejected_now, states.len()) {
+        let (recorded, started) = state.failed(&self.outlier, now, ejected_now, states.len());
+        let ended = matches!(recorded, outlier::Recorded::Ejected(_));
+        match (started, ended) {
+            (true, false) => {
+                self.failing.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, true) => {
+                self.failing.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        match recorded {
             outlier::Recorded::Ejected(ms) => {
                 self.ejections_end.fetch_max(now + ms, Ordering::Relaxed);
                 METRICS

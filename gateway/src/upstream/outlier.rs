@@ -74,27 +74,29 @@ impl TargetState {
         self.until.fetch_max(end, Ordering::Relaxed);
     }
 
-    /// The outcome of one try. `ejected_now` is how many targets of the pool are ejected at
-    /// this moment (this one not counted), `pool` how many there are.
-    pub fn record(
+    /// A try that succeeded ends the run of failures; whether there was one.
+    pub fn succeeded(&self) -> bool {
+        self.failures.swap(0, Ordering::Relaxed) > 0
+    }
+
+    /// A try that failed. `ejected_now` is how many targets of the pool are ejected at this
+    /// moment (this one not counted), `pool` how many there are. Also says whether this
+    /// failure started a run (the first of a row), since an ejection ends one.
+    pub fn failed(
         &self,
-        failed: bool,
         s: &OutlierSettings,
         now_ms: u64,
         ejected_now: usize,
         pool: usize,
-    ) -> Recorded {
-        if !failed {
-            self.failures.store(0, Ordering::Relaxed);
-            return Recorded::Nothing;
-        }
+    ) -> (Recorded, bool) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = n == 1;
         if s.consecutive_5xx == 0 || n < s.consecutive_5xx || self.ejected(now_ms) {
-            return Recorded::Nothing;
+            return (Recorded::Nothing, started);
         }
         let allowed = (pool * usize::from(s.max_ejection_percent) / 100).max(1);
         if ejected_now >= allowed {
-            return Recorded::Held;
+            return (Recorded::Held, started);
         }
         let last_end = self.ejected_until.load(Ordering::Relaxed);
         let in_a_row = if last_end > 0 && now_ms.saturating_sub(last_end) <= s.max_ejection_ms {
@@ -111,7 +113,7 @@ impl TargetState {
         self.pass_over_until(now_ms + ms);
         self.failures.store(0, Ordering::Relaxed);
         self.ejected_total.fetch_add(1, Ordering::Relaxed);
-        Recorded::Ejected(ms)
+        (Recorded::Ejected(ms), started)
     }
 }
 
@@ -129,13 +131,13 @@ mod tests {
     #[test]
     fn ejected_after_the_threshold_in_a_row_only() {
         let t = TargetState::default();
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Nothing);
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Nothing);
-        assert_eq!(t.record(false, &S, 0, 0, 2), Recorded::Nothing);
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Nothing);
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Nothing);
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Nothing);
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Nothing);
+        t.succeeded();
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Nothing);
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Nothing);
         assert!(!t.passed_over(0));
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Ejected(1000));
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Ejected(1000));
         assert!(t.passed_over(999) && t.ejected(999));
         assert!(!t.passed_over(1000) && !t.ejected(1000));
     }
@@ -146,30 +148,30 @@ mod tests {
         let mut now = 0;
         for want in [1000, 2000, 3000, 4000, 5000, 5000] {
             for _ in 0..2 {
-                t.record(true, &S, now, 0, 4);
+                let _ = t.failed(&S, now, 0, 4);
             }
-            assert_eq!(t.record(true, &S, now, 0, 4), Recorded::Ejected(want));
+            assert_eq!(t.failed(&S, now, 0, 4).0, Recorded::Ejected(want));
             now += want;
         }
         // Long after the last one ended, the count starts again.
         now += 5001;
         for _ in 0..2 {
-            t.record(true, &S, now, 0, 4);
+            let _ = t.failed(&S, now, 0, 4);
         }
-        assert_eq!(t.record(true, &S, now, 0, 4), Recorded::Ejected(1000));
+        assert_eq!(t.failed(&S, now, 0, 4).0, Recorded::Ejected(1000));
     }
 
     #[test]
     fn never_more_than_the_share_but_always_one() {
         let t = TargetState::default();
         for _ in 0..2 {
-            t.record(true, &S, 0, 0, 2);
+            let _ = t.failed(&S, 0, 0, 2);
         }
         // Two targets at 50%: one may be out; it is.
-        assert_eq!(t.record(true, &S, 0, 1, 2), Recorded::Held);
+        assert_eq!(t.failed(&S, 0, 1, 2).0, Recorded::Held);
         assert!(!t.passed_over(0));
         // The other came back: the next failure ejects.
-        assert_eq!(t.record(true, &S, 0, 0, 2), Recorded::Ejected(1000));
+        assert_eq!(t.failed(&S, 0, 0, 2).0, Recorded::Ejected(1000));
         // One target at 10%: still one may be out.
         let one = OutlierSettings {
             max_ejection_percent: 10,
@@ -177,16 +179,16 @@ mod tests {
         };
         let u = TargetState::default();
         for _ in 0..2 {
-            u.record(true, &one, 0, 0, 1);
+            let _ = u.failed(&one, 0, 0, 1);
         }
-        assert_eq!(u.record(true, &one, 0, 0, 1), Recorded::Ejected(1000));
+        assert_eq!(u.failed(&one, 0, 0, 1).0, Recorded::Ejected(1000));
         let off = OutlierSettings {
             consecutive_5xx: 0,
             ..S
         };
         let v = TargetState::default();
         for _ in 0..10 {
-            assert_eq!(v.record(true, &off, 0, 0, 2), Recorded::Nothing);
+            assert_eq!(v.failed(&off, 0, 0, 2).0, Recorded::Nothing);
         }
     }
 }
