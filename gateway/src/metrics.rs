@@ -4,9 +4,9 @@
 
 use crate::runtime::Runtime;
 use pingora_prometheus::prometheus::{
-    self, register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, TextEncoder,
+    self, register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub client_timeouts: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
     pub invalid_requests: IntCounterVec,
+    pub client_disconnects: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -151,6 +152,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["scope"]
     )
     .expect("register gateway_auto_banned_addresses"),
+    client_disconnects: register_int_counter!(
+        "gateway_client_disconnects_total",
+        "Requests the client abandoned (closed or reset its connection before the answer was sent)"
+    )
+    .expect("register gateway_client_disconnects_total"),
     invalid_requests: register_int_counter_vec!(
         "gateway_invalid_requests_total",
         "Request heads the HTTP parser refused before routing, by status (400, 431)",

@@ -1140,6 +1140,21 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Pingora logs every failed request at ERROR. A client that went away mid-request (a
+    /// load test ending, a browser tab closed) is not the gateway's error: counted in
+    /// `gateway_client_disconnects_total` and the access log, not written to the error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        let gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if gone {
+            METRICS.client_disconnects.inc();
+        }
+        gone
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(stream) = session.as_downstream().stream() {
             crate::guard::request_done(stream);

@@ -636,3 +636,35 @@ async fn heads_the_parser_refuses_are_answered_in_the_envelope() {
             .join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_are_counted_not_logged_as_errors() {
+    let u = Upstream::start("u").await;
+    u.set_delay(Duration::from_millis(400));
+    let gw = start("", &u);
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+    }
+    let t = Instant::now();
+    loop {
+        let m = gw.metrics().await;
+        if m.contains("gateway_client_disconnects_total 5") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{}",
+            m.lines()
+                .filter(|l| l.contains("disconnects"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stderr = gw.stderr();
+    assert!(!stderr.contains("Fail to proxy"), "{stderr}");
+}
