@@ -746,6 +746,10 @@ impl Drop for Daemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_writes_its_logs_runs_its_background_work_and_reopens_its_logs() {
     let u = Upstream::start("u").await;
+    // Serves a JWKS for the route that fetches its keys from a URL.
+    let keys = Upstream::start("keys").await;
+    let jwks = std::fs::read(tests::workspace_root().join("conf/examples/jwks.json")).unwrap();
+    keys.set_body(&jwks);
     let s = Setup::new();
     let error_log = s.path("error.log");
     let config = |tag: &str| {
@@ -757,10 +761,15 @@ upstreams:
     health_check: {{ type: http, path: /healthz, interval_ms: 100, healthy: 1, unhealthy: 1 }}
 routes:
   - {{ name: r, upstream: u, headers: {{ response: {{ set: {{ x-tag: {tag} }} }} }} }}
+  - name: keys
+    match: {{ path: {{ prefix: /keys }} }}
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [ES256], keys: {{ jwks_url: "http://{}/jwks.json" }} }} }}
 "#,
             s.server_yaml(),
             error_log.display(),
-            u.addr
+            u.addr,
+            keys.addr
         )
     };
     let first = config("one");
@@ -789,6 +798,24 @@ routes:
         .metrics()
         .await
         .contains("gateway_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 5"));
+
+    // The JWKS is fetched in the background.
+    let t = Instant::now();
+    loop {
+        let fetched = gw.metrics().await.lines().any(|l| {
+            l.starts_with("gateway_jwks_fetches_total")
+                && l.contains("route=\"keys\"")
+                && l.contains("result=\"ok\"")
+        });
+        if fetched {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no JWKS fetch in the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Health checks run: an unhealthy target is taken out.
     u.set_healthy(false);
