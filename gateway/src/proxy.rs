@@ -1327,3 +1327,131 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_body_bytes: 100,
+        max_header_bytes: 200,
+        max_headers: 4,
+        client_body_timeout: Duration::from_secs(1),
+        paths: crate::path::PathOptions {
+            merge_slashes: true,
+            escaped_slashes: crate::path::EscapedSlashes::Reject,
+        },
+    };
+
+    fn head(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/x", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn verdict(headers: &[(&str, &str)], framing: Framing) -> Result<(), (u16, &'static str)> {
+        check_head(&head(headers), framing, &LIMITS).map_err(|e| (e.status.as_u16(), e.message))
+    }
+
+    #[test]
+    fn head_checks_at_their_edges() {
+        let none = Framing::default();
+        assert_eq!(verdict(&[("content-length", "100")], none), Ok(()));
+        assert_eq!(
+            verdict(&[("content-length", "101")], none),
+            Err((413, "request body too large"))
+        );
+        for bad in ["", "+1", "-1", "1 ", "0x10", "99999999999999999999"] {
+            assert_eq!(
+                verdict(&[("content-length", bad)], none),
+                Err((400, "invalid Content-Length")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            verdict(&[("content-length", "1"), ("content-length", "1")], none),
+            Err((400, "more than one Content-Length"))
+        );
+        assert_eq!(verdict(&[("transfer-encoding", "Chunked")], none), Ok(()));
+        assert_eq!(
+            verdict(&[("transfer-encoding", "gzip, chunked")], none).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(
+            verdict(
+                &[("content-length", "1"), ("transfer-encoding", "chunked")],
+                none
+            ),
+            Err((400, "both Content-Length and Transfer-Encoding"))
+        );
+        // As sent, before Pingora dropped the Content-Length of a chunked request.
+        let both = Framing {
+            content_length: 1,
+            transfer_encoding: 1,
+            bad_request_line: false,
+        };
+        assert_eq!(
+            verdict(&[("transfer-encoding", "chunked")], both),
+            Err((400, "both Content-Length and Transfer-Encoding"))
+        );
+        let line = Framing {
+            bad_request_line: true,
+            ..Framing::default()
+        };
+        assert_eq!(verdict(&[], line), Err((400, "invalid request line")));
+        // Four fields pass, five do not; the byte bound counts names, values and the line.
+        let four = [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")];
+        assert_eq!(verdict(&four, none), Ok(()));
+        let five = [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")];
+        assert_eq!(verdict(&five, none), Err((431, "too many header fields")));
+        let long = "v".repeat(200);
+        assert_eq!(
+            verdict(&[("a", &long)], none),
+            Err((431, "request header fields too large"))
+        );
+    }
+
+    #[test]
+    fn traceparent_parsing() {
+        let good = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let (trace, flags) = parse_traceparent(good).unwrap();
+        assert_eq!(&trace, b"0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(&flags, b"01");
+        for bad in [
+            &b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..],
+            b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            b"00-0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            b"",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn invalid_heads_get_their_status_from_the_cause() {
+        let too_many = Error::because(
+            ErrorType::InvalidHTTPHeader,
+            "buf: ...",
+            std::io::Error::other("too many headers"),
+        );
+        assert_eq!(invalid_request_error(&too_many).status.as_u16(), 431);
+        let large = Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "Request header larger than 1048575",
+        );
+        assert_eq!(invalid_request_error(&large).status.as_u16(), 431);
+        let long = Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            format!("invalid uri /{}", "a".repeat(70_000)),
+        );
+        assert_eq!(invalid_request_error(&long).status.as_u16(), 414);
+        let other = Error::explain(ErrorType::InvalidHTTPHeader, "invalid method");
+        assert_eq!(invalid_request_error(&other).status.as_u16(), 400);
+    }
+}

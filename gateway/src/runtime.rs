@@ -587,16 +587,25 @@ fn route_limits(
     previous: Option<&Runtime>,
 ) -> Result<Vec<Arc<RouteLimit>>, String> {
     let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name));
+    // An unchanged limit keeps its counters wherever it moved in the list: matched by its
+    // settings, each old one taken once.
+    let mut taken = vec![false; before.map_or(0, |old| old.limits.len())];
     r.plugins
         .rate_limit
         .iter()
         .enumerate()
         .map(|(j, cfg)| {
-            match before
-                .and_then(|old| old.limits.get(j))
-                .filter(|old| old.cfg == *cfg)
-            {
-                Some(kept) => Ok(kept.clone()),
+            let kept = before.and_then(|old| {
+                let i = old
+                    .limits
+                    .iter()
+                    .enumerate()
+                    .position(|(i, l)| !taken[i] && l.cfg == *cfg)?;
+                taken[i] = true;
+                Some(old.limits[i].clone())
+            });
+            match kept {
+                Some(kept) => Ok(kept),
                 None => RouteLimit::new(&r.name, j, cfg)
                     .map(Arc::new)
                     .map_err(|e| format!("[{j}].{e}")),
@@ -635,4 +644,71 @@ pub fn cors(c: &CorsConfig) -> Result<Cors, String> {
         c.credentials,
         c.max_age_secs,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(yaml: &str, previous: Option<&Runtime>) -> Runtime {
+        let config = crate::config::parse(yaml).expect("config parses");
+        crate::config::validate(&config).expect("config is valid");
+        Runtime::build(&config, 1, previous).expect("config compiles")
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_what_did_not_change_wherever_it_moved() {
+        let first = build(
+            r#"
+upstreams:
+  a: { targets: [{ addr: "127.0.0.1:9001" }], circuit_breaker: { consecutive_failures: 3 } }
+routes:
+  - name: one
+    upstream: a
+    plugins: { rate_limit: [{ algorithm: sliding_window, limit: 5 }] }
+"#,
+            None,
+        );
+        // A route inserted before, a limit inserted before the old one, an upstream added.
+        let second = build(
+            r#"
+upstreams:
+  b: { targets: [{ addr: "127.0.0.1:9002" }] }
+  a: { targets: [{ addr: "127.0.0.1:9001" }], circuit_breaker: { consecutive_failures: 3 } }
+routes:
+  - { name: zero, upstream: b }
+  - name: one
+    upstream: a
+    plugins:
+      rate_limit:
+        - { algorithm: token_bucket, limit: 9 }
+        - { algorithm: sliding_window, limit: 5 }
+"#,
+            Some(&first),
+        );
+        let old_one = &first.routes[0];
+        let new_one = second.routes.iter().find(|r| r.name == "one").unwrap();
+        assert!(
+            Arc::ptr_eq(&old_one.limits[0], &new_one.limits[1]),
+            "counters kept"
+        );
+        assert!(!Arc::ptr_eq(&old_one.limits[0], &new_one.limits[0]));
+        assert!(
+            Arc::ptr_eq(&first.upstreams["a"], &second.upstreams["a"]),
+            "pool, health and breaker kept"
+        );
+        // A changed limit starts afresh.
+        let third = build(
+            r#"
+upstreams:
+  a: { targets: [{ addr: "127.0.0.1:9001" }], circuit_breaker: { consecutive_failures: 3 } }
+routes:
+  - name: one
+    upstream: a
+    plugins: { rate_limit: [{ algorithm: sliding_window, limit: 6 }] }
+"#,
+            Some(&second),
+        );
+        assert!(!Arc::ptr_eq(&new_one.limits[1], &third.routes[0].limits[0]));
+    }
 }
