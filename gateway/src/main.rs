@@ -236,6 +236,7 @@ fn main() -> ExitCode {
     // The fan-out service: on server.fanout.listen, or, when server.fanout names no address,
     // on the loopback port chosen at start (so a reload may add aggregates).
     let fanout_listen = s.fanout.listen.clone().or(local_fanout);
+    let mut fanout_service = None;
     if let Some(addr) = &fanout_listen {
         let mut fanout = Service::new(
             "fanout".to_string(),
@@ -246,7 +247,7 @@ fn main() -> ExitCode {
             fanout.threads = Some(1);
         }
         fanout.add_tcp(addr);
-        server.add_service(fanout);
+        fanout_service = Some(server.add_service(fanout));
     } else if cli.fanout_only {
         eprintln!("--fanout-only needs server.fanout.listen");
         return ExitCode::from(1);
@@ -268,7 +269,11 @@ fn main() -> ExitCode {
         proxy.add_tls_with_settings(&t.listen, None, tls);
     }
     if !cli.fanout_only {
-        server.add_service(proxy);
+        let proxy = server.add_service(proxy);
+        // The proxy takes requests once the fan-out service it hands aggregates to listens.
+        if let Some(fanout) = &fanout_service {
+            proxy.add_dependency(fanout);
+        }
     }
     if let Some(addr) = &s.admin {
         let app = AdminApp {

@@ -242,7 +242,9 @@ impl Runtime {
                 .max()
                 .unwrap_or(0);
             let cfg: UpstreamConfig = serde_yaml::from_str(&format!(
-                "targets: [{{ addr: \"{addr}\" }}]\ntimeouts: {{ read_ms: {} }}\nfailure_eject_ms: 0",
+                // Its 5xx answers are the aggregates' (a required backend failed): nothing to
+                // eject, and it is the one target anyway.
+                "targets: [{{ addr: \"{addr}\" }}]\ntimeouts: {{ read_ms: {} }}\nfailure_eject_ms: 0\noutlier_detection: {{ consecutive_5xx: 0 }}",
                 longest + 1000
             ))
             .map_err(|e| format!("server.fanout: {e}"))?;
