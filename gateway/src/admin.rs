@@ -83,7 +83,7 @@ impl AdminApp {
     /// Bans in force, by scope.
     fn bans(&self) -> Value {
         let rt = self.runtime.load();
-        let now = crate::runtime::uptime();
+        let now = crate::clock::uptime();
         let mut out = serde_json::Map::new();
         for (scope, bans) in rt.ban_scopes() {
             let list: Vec<Value> = bans
@@ -102,7 +102,7 @@ impl AdminApp {
             return envelope(400, "not an IP address", Value::Null);
         };
         let rt = self.runtime.load();
-        let now = crate::runtime::uptime();
+        let now = crate::clock::uptime();
         let lifted: Vec<&str> = rt
             .ban_scopes()
             .filter(|(_, bans)| bans.lift(ip, now))

@@ -19,6 +19,7 @@
 //! differ from the preface, so a short HTTP/1 request is served at once, and within the
 //! same deadline otherwise. HTTP/2 connections are left alone once recognised.
 
+use crate::logging::HEAD_TIMED_OUT;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
@@ -41,10 +42,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The error a read gets past the head deadline; Pingora logs it, and [`crate::logging`]
-/// folds those lines into a summary.
-pub const HEAD_TIMED_OUT: &str = "request head not received in time";
 
 /// Wraps a Pingora app so that every connection it serves is guarded.
 pub struct Guarded<A> {

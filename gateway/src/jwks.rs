@@ -75,7 +75,7 @@ pub struct RemoteJwks {
 }
 
 fn now_ms() -> u64 {
-    crate::runtime::uptime().as_millis() as u64
+    crate::clock::uptime().as_millis() as u64
 }
 
 impl RemoteJwks {

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod fanout;
 pub mod guard;
@@ -18,3 +19,4 @@ pub mod router;
 pub mod runtime;
 pub mod store;
 pub mod upstream;
+pub mod wire;

@@ -9,7 +9,6 @@
 //! [`request_reopen`] (SIGUSR1, or any reload) each opens its path again before its next
 //! write, so logrotate can move them away.
 
-use crate::guard::HEAD_TIMED_OUT;
 use log::{Level, Log, Metadata, Record};
 use std::fs::File;
 use std::io::{self, Write};
@@ -104,6 +103,10 @@ impl Write for Output {
 }
 
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// The error a read gets past the head deadline (guard.rs); Pingora logs it, and the lines
+/// are folded here.
+pub const HEAD_TIMED_OUT: &str = "request head not received in time";
 
 struct Folding {
     inner: env_logger::Logger,

@@ -88,6 +88,8 @@ impl BackgroundService for AccessLogWriter {
 }
 
 fn main() -> ExitCode {
+    // The process clock counts from here.
+    gateway::clock::uptime();
     gateway::logging::init();
     let mut cli = Cli::parse();
     // A daemon runs from /, and a reload reads the file again later: hold on to the full

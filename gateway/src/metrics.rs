@@ -270,7 +270,7 @@ pub fn render(rt: &Runtime, access_log_dropped: u64) -> (Vec<u8>, String) {
         }
     }
     m.banned_addresses.reset();
-    let now = crate::runtime::uptime();
+    let now = crate::clock::uptime();
     for (scope, bans) in rt.ban_scopes() {
         m.banned_addresses
             .with_label_values(&[scope])

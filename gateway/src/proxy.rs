@@ -3,7 +3,6 @@
 //! Pingora's `Session` to them and is the only place that writes gateway responses.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::fanout::{X_AGGREGATE, X_CLAIMS, X_ROUTE};
 use crate::guard::Framing;
 use crate::metrics::METRICS;
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
@@ -12,6 +11,7 @@ use crate::ratelimit;
 use crate::router::RequestView;
 use crate::runtime::{RequestLimits, Route, Runtime, RuntimeHandle};
 use crate::upstream::{HashKey, Upstream};
+use crate::wire::{TRACEPARENT, X_AGGREGATE, X_CLAIMS, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{
@@ -36,8 +36,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -400,7 +398,7 @@ fn too_large(max: u64) -> GatewayError {
 
 /// How long the address stays banned, when it is.
 fn banned(bans: Option<&plugins::autoban::AutoBan>, ip: Option<IpAddr>) -> Option<Duration> {
-    bans?.banned(ip?, crate::runtime::uptime())
+    bans?.banned(ip?, crate::clock::uptime())
 }
 
 fn ban_answer(left: Duration) -> GatewayError {
@@ -1175,7 +1173,7 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if matches!(status, 401 | 403 | 429) && !ctx.banned {
             if let Some(ip) = ctx.client_ip {
-                let now = crate::runtime::uptime();
+                let now = crate::clock::uptime();
                 let scopes = [
                     (ctx.rt.autoban.as_ref(), "server"),
                     (

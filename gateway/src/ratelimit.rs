@@ -52,7 +52,7 @@ impl RouteLimit {
     /// Count a store error; log it at most once per interval.
     fn store_error(&self, e: &str) {
         self.store_errors.inc();
-        let now = crate::runtime::uptime().as_millis() as u64;
+        let now = crate::clock::uptime().as_millis() as u64;
         let last = self.logged_ms.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= STORE_ERROR_LOG_EVERY_MS)
             && self

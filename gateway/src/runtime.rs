@@ -438,13 +438,6 @@ fn autoban(f: Option<&IpFilterConfig>, previous: Option<&Arc<AutoBan>>) -> Optio
     })
 }
 
-/// The clock of bans: time since the process started.
-pub fn uptime() -> Duration {
-    static START: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
-    START.elapsed()
-}
-
 /// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
 pub fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
     let parse = |list: &[String], field: &str| -> Result<Vec<ipnet::IpNet>, (String, String)> {

@@ -31,11 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// Set by the proxy on requests it sends to the fan-out service.
-pub static X_AGGREGATE: HeaderName = HeaderName::from_static("x-gateway-aggregate");
-pub static X_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
-/// The verified JWT claims of the request, as JSON.
-pub static X_CLAIMS: HeaderName = HeaderName::from_static("x-gateway-claims");
+use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
+
 static X_AGGREGATE_FAILED: HeaderName = HeaderName::from_static("x-aggregate-failed");
 
 /// A backend answer larger than this is a failure of that backend.
@@ -273,12 +270,9 @@ impl FanoutApp {
             .and_then(|r| rt.routes.iter().find(|x| x.name == r));
         let vars = template::Vars::new(req, route.and_then(|r| r.path_regex.as_ref()));
         let mut forward: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        for name in [
-            &crate::proxy::X_REQUEST_ID,
-            &HeaderName::from_static("traceparent"),
-        ]
-        .into_iter()
-        .chain(agg.forward_headers.iter())
+        for name in [&X_REQUEST_ID, &TRACEPARENT]
+            .into_iter()
+            .chain(agg.forward_headers.iter())
         {
             if let Some(v) = req.headers.get(name) {
                 forward.push((name.clone(), v.clone()));

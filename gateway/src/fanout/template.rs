@@ -65,7 +65,7 @@ impl Vars {
         // Claims verified by the proxy (scalars only).
         let claims = req
             .headers
-            .get(&super::X_CLAIMS)
+            .get(&crate::wire::X_CLAIMS)
             .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.as_bytes()).ok())
             .and_then(|v| match v {
                 serde_json::Value::Object(m) => Some(m),
