@@ -33,6 +33,11 @@ pub use server::{ReusableHttpStream, Session as ServerSession};
 /// The Pingora server name string
 pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 
+/// Header fields reserved beyond those parsed when an HTTP/1 request or response header is
+/// read, for the fields a proxy adds before forwarding it, so the header maps are not grown
+/// (rehashed) by the first few inserts.
+pub const HEADER_HEADROOM: usize = 8;
+
 /// An enum to hold all possible HTTP response events.
 #[derive(Debug)]
 pub enum HttpTask {

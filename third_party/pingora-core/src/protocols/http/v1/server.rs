@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // Room for the headers a proxy adds (X-Forwarded-*, request id,
+                            // tracing) without growing the maps again.
+                            Some(req.headers.len() + crate::protocols::http::HEADER_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
