@@ -6,7 +6,8 @@
 //! every accepted stream and watches the bytes of a request head go by: from the accept (or,
 //! on a kept-alive connection, from the first byte of the next request) to the blank line
 //! that ends the head, the client has `client_header_timeout`; past it, reads fail and the
-//! connection is closed. Bodies and the wait between two requests are not timed here.
+//! connection is closed. Bodies are not timed here (Pingora times each body read with
+//! `client_body_timeout_ms`).
 //!
 //! Between two requests on a kept-alive connection the guard also bounds the idle time
 //! (`keepalive_timeout_secs`): past it, the next read ends as if the client had closed, and
