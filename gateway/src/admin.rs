@@ -7,10 +7,10 @@
 //! and Prometheus need no secret. Every answer except `/metrics` is the JSON envelope.
 
 use crate::access_log::AccessLog;
-use crate::metrics;
+use crate::metrics::{self, METRICS};
 use crate::proxy::is_draining;
 use crate::reload::{Outcome, Reloader};
-use crate::runtime::RuntimeHandle;
+use crate::runtime::{Runtime, RuntimeHandle};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -33,6 +33,35 @@ fn envelope(status: u16, message: &str, data: Value) -> Response<Vec<u8>> {
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(body.into_bytes())
         .unwrap_or_default()
+}
+
+/// Set the gauges that mirror live state (target health, breaker states, bans, the config
+/// generation), just before a scrape renders them.
+fn sample_gauges(rt: &Runtime, access_log_dropped: u64) {
+    let m = &*METRICS;
+    m.target_healthy.reset();
+    m.breaker_state.reset();
+    for (name, up) in &rt.upstreams {
+        for (addr, _, healthy) in up.targets() {
+            m.target_healthy
+                .with_label_values(&[name.as_str(), &addr.to_string()])
+                .set(i64::from(healthy));
+        }
+        if let Some(b) = &up.breaker {
+            m.breaker_state
+                .with_label_values(&[name.as_str()])
+                .set(b.state() as i64);
+        }
+    }
+    m.banned_addresses.reset();
+    let now = crate::clock::uptime();
+    for (scope, bans) in rt.ban_scopes() {
+        m.banned_addresses
+            .with_label_values(&[scope])
+            .set(bans.bans(now).len() as i64);
+    }
+    m.config_generation.set(rt.generation as i64);
+    m.access_log_dropped.set(access_log_dropped as i64);
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -175,8 +204,10 @@ impl ServeHttp for AdminApp {
                 }
             }
             (Method::GET, "/metrics") => {
-                let (body, content_type) =
-                    metrics::render(&self.runtime.load(), self.access_log.dropped());
+                let (body, content_type) = {
+                    sample_gauges(&self.runtime.load(), self.access_log.dropped());
+                    metrics::render()
+                };
                 Response::builder()
                     .status(200)
                     .header(http::header::CONTENT_TYPE, content_type)

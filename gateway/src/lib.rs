@@ -14,6 +14,7 @@ pub mod mirror;
 pub mod path;
 pub mod proxy;
 pub mod ratelimit;
+pub mod refresh;
 pub mod reload;
 pub mod router;
 pub mod runtime;

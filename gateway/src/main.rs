@@ -7,9 +7,9 @@ use gateway::config;
 use gateway::fanout::FanoutApp;
 use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
+use gateway::refresh::RefreshService;
 use gateway::reload::{ReloadService, Reloader};
 use gateway::runtime::Runtime;
-use gateway::upstream::health::HealthService;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -294,7 +294,7 @@ fn main() -> ExitCode {
     ));
     server.add_service(GenBackgroundService::new(
         "health checks".into(),
-        Arc::new(HealthService::new(handle)),
+        Arc::new(RefreshService::new(handle)),
     ));
     log::info!(
         "gateway serving {} routes on {:?}",

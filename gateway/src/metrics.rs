@@ -2,7 +2,6 @@
 //! config, methods from a fixed list and status codes, never raw paths, so the number of
 //! series stays bounded whatever the traffic.
 
-use crate::runtime::Runtime;
 use pingora_prometheus::prometheus::{
     self, register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
     register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
@@ -252,32 +251,9 @@ impl RequestCounters {
 /// The series of requests that matched no route.
 pub static NO_ROUTE: LazyLock<RequestCounters> = LazyLock::new(|| RequestCounters::new("-"));
 
-/// Refresh the gauges that mirror live state, then render every metric as Prometheus text.
-pub fn render(rt: &Runtime, access_log_dropped: u64) -> (Vec<u8>, String) {
-    let m = &*METRICS;
-    m.target_healthy.reset();
-    m.breaker_state.reset();
-    for (name, up) in &rt.upstreams {
-        for (addr, _, healthy) in up.targets() {
-            m.target_healthy
-                .with_label_values(&[name.as_str(), &addr.to_string()])
-                .set(i64::from(healthy));
-        }
-        if let Some(b) = &up.breaker {
-            m.breaker_state
-                .with_label_values(&[name.as_str()])
-                .set(b.state() as i64);
-        }
-    }
-    m.banned_addresses.reset();
-    let now = crate::clock::uptime();
-    for (scope, bans) in rt.ban_scopes() {
-        m.banned_addresses
-            .with_label_values(&[scope])
-            .set(bans.bans(now).len() as i64);
-    }
-    m.config_generation.set(rt.generation as i64);
-    m.access_log_dropped.set(access_log_dropped as i64);
+/// Render every metric as Prometheus text (the caller refreshes the gauges that mirror live
+/// state first; see `admin`).
+pub fn render() -> (Vec<u8>, String) {
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();
     if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {

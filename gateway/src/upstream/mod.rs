@@ -4,10 +4,9 @@
 //! Selection runs on pingora-load-balancing. Weighted round robin and random use
 //! [`Weighted`] selectors (each target appears `weight` times), consistent hashing uses
 //! Ketama. Active health checks are pingora's TCP and HTTP checks, run by
-//! [`health::HealthService`] at each upstream's own interval.
+//! [`crate::refresh::RefreshService`] at each upstream's own interval.
 
 pub mod dns;
-pub mod health;
 pub mod outlier;
 
 use crate::config::RetryOn;

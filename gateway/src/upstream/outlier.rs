@@ -41,7 +41,7 @@ pub struct TargetState {
     pub ejected_total: AtomicU64,
 }
 
-/// What [`TargetState::record`] did.
+/// What [`TargetState::failed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     Nothing,

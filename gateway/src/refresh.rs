@@ -1,7 +1,7 @@
 //! The background service that runs active health checks, DNS discovery refreshes and
 //! JWKS refreshes.
 //!
-//! It reads the current [`Runtime`] on every tick, so upstreams that a reload adds or
+//! It reads the current [`crate::runtime::Runtime`] on every tick, so upstreams that a reload adds or
 //! removes are picked up without restarting anything. Each upstream is probed at its own
 //! `interval_ms`; a round that is still running is never started twice.
 
@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 /// How often the service looks for due probes; bounds how late a probe can start.
 const TICK: Duration = Duration::from_millis(50);
 
-pub struct HealthService {
+pub struct RefreshService {
     runtime: RuntimeHandle,
 }
 
-impl HealthService {
+impl RefreshService {
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self { runtime }
     }
 }
 
 #[async_trait]
-impl BackgroundService for HealthService {
+impl BackgroundService for RefreshService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let epoch = Instant::now();
         let mut tick = tokio::time::interval(TICK);
