@@ -7,7 +7,9 @@ use crate::store::RedisStore;
 use pingora_prometheus::prometheus::IntCounter;
 use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
-use plugins::ratelimit::{Limiter, QuotaHeaders, RequestKeys, Subject, Verdict};
+use plugins::ratelimit::{
+    Algorithm, LimitKey, LimitSpec, Limiter, QuotaHeaders, RequestKeys, Subject, Tiers, Verdict,
+};
 use plugins::GatewayError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -36,7 +38,7 @@ const STORE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 
 impl RouteLimit {
     pub fn new(route: &str, index: usize, cfg: &RateLimitConfig) -> Result<RouteLimit, String> {
-        let spec = crate::runtime::rate_limit(cfg).map_err(|(f, e)| format!("{f}: {e}"))?;
+        let spec = rate_limit(cfg).map_err(|(f, e)| format!("{f}: {e}"))?;
         Ok(RouteLimit {
             cfg: cfg.clone(),
             limiter: Limiter::new(spec),
@@ -148,4 +150,24 @@ fn local(limit: &RouteLimit, subject: &Subject, out: &mut Admitted) -> Verdict {
     let (v, guard) = limit.limiter.check_local(subject);
     out.guards.extend(guard);
     v
+}
+
+/// Compile one `rate_limit` entry into its spec; the error names the field.
+pub fn rate_limit(c: &RateLimitConfig) -> Result<LimitSpec, (String, String)> {
+    let algorithm = Algorithm::parse(&c.algorithm).map_err(|e| ("algorithm".into(), e))?;
+    let key = LimitKey::parse(&c.key).map_err(|e| ("key".into(), e))?;
+    Ok(LimitSpec {
+        algorithm,
+        key,
+        limit: c.limit,
+        window: Duration::from_secs(c.window_secs),
+        burst: c.burst,
+        tiers: c.tiers.as_ref().map(|t| Tiers {
+            claim: t.claim.clone(),
+            limits: t.limits.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            anonymous: t.anonymous,
+        }),
+        max_keys: c.max_keys,
+        headers: c.headers,
+    })
 }

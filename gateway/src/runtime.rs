@@ -3,9 +3,7 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::config::{
-    Config, CorsConfig, IpFilterConfig, JwtConfig, RateLimitConfig, RedisConfig, UpstreamConfig,
-};
+use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
 use crate::fanout::Aggregate;
 use crate::jwks::RemoteJwks;
 use crate::ratelimit::RouteLimit;
@@ -18,7 +16,6 @@ use plugins::autoban::{AutoBan, AutoBanSettings};
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
-use plugins::ratelimit::{Algorithm, LimitKey, LimitSpec, Tiers};
 use plugins::HeaderOps;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -607,26 +604,6 @@ fn route_limits(
             }
         })
         .collect()
-}
-
-/// Compile one `rate_limit` entry into its spec; the error names the field.
-pub fn rate_limit(c: &RateLimitConfig) -> Result<LimitSpec, (String, String)> {
-    let algorithm = Algorithm::parse(&c.algorithm).map_err(|e| ("algorithm".into(), e))?;
-    let key = LimitKey::parse(&c.key).map_err(|e| ("key".into(), e))?;
-    Ok(LimitSpec {
-        algorithm,
-        key,
-        limit: c.limit,
-        window: Duration::from_secs(c.window_secs),
-        burst: c.burst,
-        tiers: c.tiers.as_ref().map(|t| Tiers {
-            claim: t.claim.clone(),
-            limits: t.limits.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            anonymous: t.anonymous,
-        }),
-        max_keys: c.max_keys,
-        headers: c.headers,
-    })
 }
 
 /// Compile a `cors` block.
