@@ -3,8 +3,8 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
+use crate::aggregate::Aggregate;
 use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
-use crate::fanout::Aggregate;
 use crate::jwks::RemoteJwks;
 use crate::ratelimit::RouteLimit;
 use crate::router::Router;

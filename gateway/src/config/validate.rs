@@ -378,7 +378,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     format!("unknown upstream {:?}", b.upstream),
                 ));
             }
-            if let Err(e) = crate::fanout::Template::parse(&b.path) {
+            if let Err(e) = crate::aggregate::Template::parse(&b.path) {
                 errs.push(ConfigError::new(format!("{bp}.path"), e));
             }
             if b.required && b.fallback.is_some() {

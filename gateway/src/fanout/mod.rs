@@ -9,14 +9,9 @@
 //! failed. A failed required backend fails the whole answer (502, 504 on a timeout); a
 //! failed optional one yields `null`, or with `fallback: cache` its last good answer.
 
-mod template;
-
-pub use template::Template;
-
-use crate::config::{AggregateConfig, Fallback};
+use crate::aggregate::{template, AggregateBackend};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
-use crate::upstream::Upstream;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -27,7 +22,7 @@ use pingora::upstreams::peer::Peer;
 use plugins::breaker::Admission;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -39,67 +34,6 @@ static X_AGGREGATE_FAILED: HeaderName = HeaderName::from_static("x-aggregate-fai
 pub const MAX_BACKEND_BODY: usize = 1024 * 1024;
 /// Fallback entries kept at most; past it, expired entries go first, then new ones wait.
 const MAX_CACHE_ENTRIES: usize = 10_000;
-
-pub struct AggregateBackend {
-    pub key: String,
-    pub upstream: Arc<Upstream>,
-    pub path: Template,
-    pub required: bool,
-    pub timeout: Option<Duration>,
-    pub cache: bool,
-}
-
-/// An aggregate compiled against the upstream pools of one Runtime.
-pub struct Aggregate {
-    pub name: String,
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-    pub cache_ttl: Duration,
-    pub forward_headers: Vec<HeaderName>,
-    pub backends: Vec<AggregateBackend>,
-}
-
-impl Aggregate {
-    pub fn new(
-        name: &str,
-        cfg: &AggregateConfig,
-        upstreams: &HashMap<String, Arc<Upstream>>,
-    ) -> Result<Aggregate, String> {
-        let mut backends = Vec::new();
-        for (i, b) in cfg.backends.iter().enumerate() {
-            let upstream = upstreams.get(&b.upstream).cloned().ok_or_else(|| {
-                format!(
-                    "aggregates.{name}.backends[{i}]: unknown upstream {:?}",
-                    b.upstream
-                )
-            })?;
-            backends.push(AggregateBackend {
-                key: b.key.clone(),
-                upstream,
-                path: Template::parse(&b.path)
-                    .map_err(|e| format!("aggregates.{name}.backends[{i}].path: {e}"))?,
-                required: b.required,
-                timeout: b.timeout_ms.map(Duration::from_millis),
-                cache: b.fallback == Some(Fallback::Cache),
-            });
-        }
-        let mut forward_headers = Vec::new();
-        for h in &cfg.forward_headers {
-            forward_headers.push(
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("aggregates.{name}: invalid header {h:?}"))?,
-            );
-        }
-        Ok(Aggregate {
-            name: name.to_string(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            max_concurrency: cfg.max_concurrency.max(1),
-            cache_ttl: Duration::from_secs(cfg.cache_ttl_secs),
-            forward_headers,
-            backends,
-        })
-    }
-}
 
 /// How one backend call ended.
 enum Outcome {
