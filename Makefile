@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean third-party
+.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean third-party cycles
 
 all: build
 
@@ -41,10 +41,12 @@ run: build deps-run
 	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)
 
-# Unit tests, the end-to-end suite against the real binary, formatting and lints, and the
-# vendored Pingora crates checked against pristine sources plus third_party/patches/.
+# Unit tests, the end-to-end suite against the real binary, formatting and lints, the
+# vendored Pingora crates checked against pristine sources plus third_party/patches/, and no
+# cycle between the modules of gateway/src.
 test: build deps-test
 	scripts/third-party.sh --check
+	python3 scripts/module-cycles.py >/dev/null || python3 scripts/module-cycles.py
 	$(CARGO) test --workspace --no-fail-fast
 	promtool check rules conf/alerts.yml
 	promtool test rules conf/alerts.test.yml
@@ -72,6 +74,10 @@ fuzz-smoke: deps-fuzz
 # Longer runs, optimized: `make fuzz FUZZ_SECS=3600`.
 fuzz: deps-fuzz
 	$(call FUZZ_EACH,,$(FUZZ_SECS))
+
+# Cycles between the modules of gateway/src (exit 1 while there is one).
+cycles:
+	python3 scripts/module-cycles.py
 
 # Re-derive third_party/ from the crates of crates.io plus the patches (third_party/README.md).
 third-party:

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod aggregate;
 pub mod clock;
+pub mod compile;
 pub mod config;
 pub mod fanout;
 pub mod guard;

@@ -3,7 +3,6 @@
 use clap::Parser;
 use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
-use gateway::config;
 use gateway::fanout::FanoutApp;
 use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
@@ -99,7 +98,7 @@ fn main() -> ExitCode {
         cli.conf = full;
     }
 
-    let cfg = match config::load(&cli.conf) {
+    let cfg = match gateway::compile::load(&cli.conf) {
         Ok(c) => c,
         Err(errs) => {
             for e in &errs.0 {

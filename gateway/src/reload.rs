@@ -137,7 +137,7 @@ impl Reloader {
         let outcome = text.and_then(|text| {
             st.tried_hash = text_hash(&text);
             let cfg = config::parse(&text)?;
-            config::validate(&cfg)?;
+            crate::compile::validate(&cfg)?;
             // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
             let reads_files = cfg
                 .server

@@ -204,7 +204,7 @@ impl Runtime {
         )
     }
 
-    /// Compile a config that [`crate::config::validate`] accepted. Upstreams that
+    /// Compile a config that [`crate::compile::validate`] accepted. Upstreams that
     /// `previous` defines identically are taken over as they are, with their health state,
     /// breaker and connection pool.
     pub fn build(
@@ -624,7 +624,7 @@ mod tests {
 
     fn build(yaml: &str, previous: Option<&Runtime>) -> Runtime {
         let config = crate::config::parse(yaml).expect("config parses");
-        crate::config::validate(&config).expect("config is valid");
+        crate::compile::validate(&config).expect("config is valid");
         Runtime::build(&config, 1, previous).expect("config compiles")
     }
 

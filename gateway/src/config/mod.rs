@@ -1,25 +1,22 @@
 //! The YAML file format: what an operator writes, parsed with serde into plain structs.
 //!
 //! Unknown keys are errors. Parsing reports every unknown key and bad value with its YAML
-//! path and line (`routes[3].match.path`, [`parse`]), and [`validate`] then reports every
-//! semantic fault with its path, so `gateway -t` can list them all at once. Nothing here touches the network;
-//! [`crate::runtime`] compiles a validated [`Config`] into what requests use.
+//! path and line (`routes[3].match.path`, [`parse`]); [`crate::compile`] then reports every
+//! semantic fault with its path, so `gateway -t` can list them all at once. This module is
+//! the file format only: it imports nothing of the gateway and touches nothing outside.
 //!
 //! A key that holds a credential has the type [`Secret`] or [`SecretUrl`], so the admin API
 //! and the logs never show its value.
 
 mod parse;
 mod secret;
-mod validate;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 pub use parse::parse;
 pub use secret::{Secret, SecretUrl, REDACTED};
-pub use validate::{resolve, validate};
 
 /// One fault in a config file, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1137,17 +1134,4 @@ impl ServerConfig {
                     .filter(|t| !t.is_empty())
             })
     }
-}
-
-/// Read, parse and validate a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError::new(
-            "",
-            format!("cannot read {}: {e}", path.display()),
-        )])
-    })?;
-    let config = parse(&text)?;
-    validate(&config)?;
-    Ok(config)
 }

@@ -29,7 +29,7 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 use plugins::breaker::{Breaker, BreakerConfig, Clock, MonotonicClock};
 use plugins::retry::{RetryConfig, RetryPolicy};
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +125,7 @@ impl Upstream {
         let clock = Arc::new(MonotonicClock::default());
         let mut set = BTreeSet::new();
         for t in &cfg.targets {
-            for addr in crate::config::resolve(&t.addr)? {
+            for addr in resolve(&t.addr)? {
                 set.insert(backend(addr, t.weight));
             }
         }
@@ -583,6 +583,24 @@ fn backend(addr: SocketAddr, weight: usize) -> Backend {
 
 /// Looked up on every upstream try: a fast hash, since the keys are our own targets.
 type TargetStates = HashMap<SocketAddr, Arc<TargetState>, foldhash::fast::FixedState>;
+
+/// Resolve `HOST:PORT` (or `IP:PORT`) to its addresses.
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    match addr.to_socket_addrs() {
+        Ok(list) => {
+            let list: Vec<_> = list.collect();
+            if list.is_empty() {
+                Err(format!("{addr:?} resolves to no address"))
+            } else {
+                Ok(list)
+            }
+        }
+        Err(e) => Err(format!("{addr:?} is not a reachable HOST:PORT: {e}")),
+    }
+}
 
 /// A state per target, keeping the states of targets that stay.
 fn target_states(set: &BTreeSet<Backend>, old: Option<&TargetStates>) -> TargetStates {

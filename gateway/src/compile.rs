@@ -1,11 +1,29 @@
-//! Semantic checks of a parsed [`Config`]: every fault, each with its YAML path.
+//! The compile step's checks: every semantic fault of a parsed [`Config`], each with its YAML
+//! path, found by running the compilers the runtime is built with (keys, filters, templates,
+//! rate limits, the Redis URL, addresses). `gateway -t` is [`load`]: read, parse, check.
+//! The config module below it is the file format only and imports nothing of the gateway.
 
-use super::{
-    Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm, PathMatch,
-    RetryOn, UpstreamConfig,
+use crate::config::{
+    parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
+    PathMatch, RetryOn, UpstreamConfig,
 };
+use crate::upstream::resolve;
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Read, parse and check a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )])
+    })?;
+    let config = parse(&text)?;
+    validate(&config)?;
+    Ok(config)
+}
 
 /// Retries per request; Pingora caps the tries of one request at 16.
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
@@ -22,8 +40,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     }
     for (i, l) in s.listen.iter().enumerate() {
         let p = match l {
-            super::ListenConfig::Addr(_) => format!("server.listen[{i}]"),
-            super::ListenConfig::Full(_) => format!("server.listen[{i}].addr"),
+            crate::config::ListenConfig::Addr(_) => format!("server.listen[{i}]"),
+            crate::config::ListenConfig::Full(_) => format!("server.listen[{i}].addr"),
         };
         check_listen(&mut errs, &p, l.addr());
     }
@@ -628,7 +646,7 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
     }
 }
 
-fn check_auto_ban(errs: &mut Vec<ConfigError>, p: &str, f: &super::IpFilterConfig) {
+fn check_auto_ban(errs: &mut Vec<ConfigError>, p: &str, f: &crate::config::IpFilterConfig) {
     if let Some(b) = &f.auto_ban {
         nonzero(
             errs,
@@ -647,8 +665,8 @@ fn check_auto_ban(errs: &mut Vec<ConfigError>, p: &str, f: &super::IpFilterConfi
 fn check_rate_limit(
     errs: &mut Vec<ConfigError>,
     p: &str,
-    l: &super::RateLimitConfig,
-    route: &super::RouteConfig,
+    l: &crate::config::RateLimitConfig,
+    route: &crate::config::RouteConfig,
     config: &Config,
 ) {
     use plugins::ratelimit::Algorithm;
@@ -701,7 +719,7 @@ fn check_rate_limit(
             "claims come from a verified JWT: set plugins.jwt on this route",
         ));
     }
-    if l.store == super::LimitStore::Redis {
+    if l.store == crate::config::LimitStore::Redis {
         if algorithm == Algorithm::Concurrency {
             errs.push(ConfigError::new(
                 format!("{p}.store"),
@@ -718,24 +736,6 @@ fn check_rate_limit(
 
 const AT_LEAST_ONE: &str = "must be at least 1";
 const ABOVE_ZERO: &str = "must be greater than 0";
-
-/// Resolve `HOST:PORT` (or `IP:PORT`) to its addresses.
-pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    match addr.to_socket_addrs() {
-        Ok(list) => {
-            let list: Vec<_> = list.collect();
-            if list.is_empty() {
-                Err(format!("{addr:?} resolves to no address"))
-            } else {
-                Ok(list)
-            }
-        }
-        Err(e) => Err(format!("{addr:?} is not a reachable HOST:PORT: {e}")),
-    }
-}
 
 fn check_host_pattern(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
@@ -779,7 +779,7 @@ fn check_header_ops(errs: &mut Vec<ConfigError>, p: &str, ops: &HeaderOpsConfig)
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse;
+    use crate::config::parse;
     use super::*;
 
     fn errors(yaml: &str) -> Vec<String> {
