@@ -779,8 +779,8 @@ fn check_header_ops(errs: &mut Vec<ConfigError>, p: &str, ops: &HeaderOpsConfig)
 
 #[cfg(test)]
 mod tests {
-    use crate::config::parse;
     use super::*;
+    use crate::config::parse;
 
     fn errors(yaml: &str) -> Vec<String> {
         match parse(yaml).and_then(|c| validate(&c)) {
