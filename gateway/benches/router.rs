@@ -3,6 +3,7 @@
 //! The table mixes exact paths, prefixes, host-bound routes and header-matched canaries,
 //! plus a fixed set of 8 regex routes (all regexes of one host table run as one RegexSet,
 //! so their count, not the route count, sets that part of the cost).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gateway::config::parse;

@@ -25,14 +25,20 @@ pub struct AdminApp {
     pub access_log: AccessLog,
 }
 
+/// An answer in the envelope. Built field by field rather than with `Response::builder`,
+/// whose error case could only turn into an empty 200.
 fn envelope(status: u16, message: &str, data: Value) -> Response<Vec<u8>> {
     let body = json!({"code": status, "message": message, "data": data}).to_string();
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body.into_bytes())
-        .unwrap_or_default()
+    let len = body.len();
+    let mut r = Response::new(body.into_bytes());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r
 }
 
 /// Set the gauges that mirror live state (target health, breaker states, bans, the config
@@ -208,12 +214,14 @@ impl ServeHttp for AdminApp {
                     sample_gauges(&self.runtime.load(), self.access_log.dropped());
                     metrics::render()
                 };
-                Response::builder()
-                    .status(200)
-                    .header(http::header::CONTENT_TYPE, content_type)
-                    .header(http::header::CONTENT_LENGTH, body.len())
-                    .body(body)
-                    .unwrap_or_default()
+                let len = body.len();
+                let mut r = Response::new(body);
+                let h = r.headers_mut();
+                if let Ok(v) = http::HeaderValue::from_str(&content_type) {
+                    h.insert(http::header::CONTENT_TYPE, v);
+                }
+                h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                r
             }
             (Method::GET, "/admin/config") => envelope(200, "ok", self.config()),
             (Method::GET, "/admin/upstreams") => envelope(200, "ok", self.upstreams()),

@@ -328,14 +328,22 @@ impl FanoutApp {
 fn envelope(status: u16, message: &str, data: Value, failed: &[&str]) -> Response<Vec<u8>> {
     let body =
         json!({"code": status, "message": message, "data": data, "failed": failed}).to_string();
-    let mut r = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len());
+    // Field by field: `Response::builder`'s error case could only become an empty 200.
+    let len = body.len();
+    let mut r = Response::new(body.into_bytes());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     if !failed.is_empty() {
-        r = r.header(&X_AGGREGATE_FAILED, failed.join(", "));
+        if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
+            h.insert(X_AGGREGATE_FAILED.clone(), v);
+        }
     }
-    r.body(body.into_bytes()).unwrap_or_default()
+    r
 }
 
 #[async_trait]
