@@ -10,7 +10,7 @@ use crate::path::PathOptions;
 use crate::ratelimit;
 use crate::router::RequestView;
 use crate::runtime::{RequestLimits, Route, Runtime, RuntimeHandle};
-use crate::upstream::{HashKey, Upstream};
+use crate::upstream::{HashKey, TryEnd, Upstream};
 use crate::wire::{TRACEPARENT, X_AGGREGATE, X_CLAIMS, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -1268,12 +1268,12 @@ impl Gateway {
             b.record(success, ctx.probe);
         }
         if let Some(t) = &ctx.target {
-            up.record_outcome(t, !success);
-        }
-        if !success && passive {
-            if let Some(t) = &ctx.target {
-                up.mark_failed(t);
-            }
+            let end = match (success, passive) {
+                (true, _) => TryEnd::Ok,
+                (false, false) => TryEnd::Failed,
+                (false, true) => TryEnd::PassOver,
+            };
+            up.record_try(t, end);
         }
     }
 

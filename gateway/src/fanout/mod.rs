@@ -12,6 +12,8 @@
 use crate::aggregate::{template, AggregateBackend};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
+use crate::upstream::TryEnd;
+use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -26,14 +28,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
-
 static X_AGGREGATE_FAILED: HeaderName = HeaderName::from_static("x-aggregate-failed");
 
 /// A backend answer larger than this is a failure of that backend.
 pub const MAX_BACKEND_BODY: usize = 1024 * 1024;
 /// Fallback entries kept at most; past it, expired entries go first, then new ones wait.
 const MAX_CACHE_ENTRIES: usize = 10_000;
+
+/// What made a backend call fail.
+enum Fault {
+    /// No answer: the connection failed, or broke.
+    Connection,
+    /// A 5xx answer.
+    ServerError,
+    /// An answer the aggregate cannot use (another status, not JSON, too large), or a
+    /// request that could not be made: not held against the target.
+    Answer,
+}
 
 /// How one backend call ended.
 enum Outcome {
@@ -110,38 +121,32 @@ impl FanoutApp {
         if let Some(br) = &up.breaker {
             br.record(result.is_ok(), probe);
         }
-        let addr = target.addr.as_inet();
+        let end = match &result {
+            Ok(_) | Err((_, Fault::Answer)) => TryEnd::Ok,
+            Err((_, Fault::ServerError)) => TryEnd::Failed,
+            Err((_, Fault::Connection)) => TryEnd::PassOver,
+        };
+        if let Some(a) = target.addr.as_inet() {
+            up.record_try(a, end);
+        }
         match result {
-            Ok(v) => {
-                if let Some(a) = addr {
-                    up.record_outcome(a, false);
-                }
-                Outcome::Ok(v)
-            }
-            Err((e, connection_failed)) => {
-                if let Some(a) = addr {
-                    if connection_failed {
-                        up.mark_failed(a);
-                    }
-                    up.record_outcome(a, connection_failed || e.starts_with("status 5"));
-                }
-                Outcome::Failed(e)
-            }
+            Ok(v) => Outcome::Ok(v),
+            Err((e, _)) => Outcome::Failed(e),
         }
     }
 
-    /// The error says whether the connection itself failed (for passive tracking).
+    /// The error says what failed, for passive tracking and outlier detection.
     async fn fetch(
         &self,
         peer: &pingora::upstreams::peer::HttpPeer,
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
-    ) -> Result<Value, (String, bool)> {
+    ) -> Result<Value, (String, Fault)> {
         let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1))
-            .map_err(|e| (format!("bad request path {path:?}: {e}"), false))?;
+            .map_err(|e| (format!("bad request path {path:?}: {e}"), Fault::Answer))?;
         let host = peer.address().to_string();
         req.insert_header(http::header::HOST, host.as_str())
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| (e.to_string(), Fault::Answer))?;
         for (name, value) in headers {
             let _ = req.insert_header(name.clone(), value.clone());
         }
@@ -149,30 +154,30 @@ impl FanoutApp {
             .connector
             .get_http_session(peer)
             .await
-            .map_err(|e| (format!("connect: {e}"), true))?;
+            .map_err(|e| (format!("connect: {e}"), Fault::Connection))?;
         session
             .write_request_header(Box::new(req))
             .await
-            .map_err(|e| (format!("send: {e}"), true))?;
+            .map_err(|e| (format!("send: {e}"), Fault::Connection))?;
         session
             .finish_request_body()
             .await
-            .map_err(|e| (format!("send: {e}"), true))?;
+            .map_err(|e| (format!("send: {e}"), Fault::Connection))?;
         session
             .read_response_header()
             .await
-            .map_err(|e| (format!("read: {e}"), true))?;
+            .map_err(|e| (format!("read: {e}"), Fault::Connection))?;
         let status = session.response_header().map_or(0, |r| r.status.as_u16());
         let mut body = Vec::new();
         while let Some(chunk) = session
             .read_response_body()
             .await
-            .map_err(|e| (format!("read: {e}"), true))?
+            .map_err(|e| (format!("read: {e}"), Fault::Connection))?
         {
             if body.len() + chunk.len() > MAX_BACKEND_BODY {
                 return Err((
                     format!("answer larger than {MAX_BACKEND_BODY} bytes"),
-                    false,
+                    Fault::Answer,
                 ));
             }
             body.extend_from_slice(&chunk);
@@ -181,9 +186,15 @@ impl FanoutApp {
             .release_http_session(session, peer, peer.idle_timeout())
             .await;
         if !(200..300).contains(&status) {
-            return Err((format!("status {status}"), false));
+            let fault = if status >= 500 {
+                Fault::ServerError
+            } else {
+                Fault::Answer
+            };
+            return Err((format!("status {status}"), fault));
         }
-        serde_json::from_slice(&body).map_err(|e| (format!("answer is not JSON: {e}"), false))
+        serde_json::from_slice(&body)
+            .map_err(|e| (format!("answer is not JSON: {e}"), Fault::Answer))
     }
 
     async fn aggregate(&self, session: &ServerSession) -> Response<Vec<u8>> {

@@ -365,22 +365,10 @@ impl Upstream {
         })
     }
 
-    /// Passive tracking: a target that just failed is passed over for `failure_eject_ms`.
-    pub fn mark_failed(&self, addr: &SocketAddr) {
-        if self.failure_eject_ms == 0 {
-            return;
-        }
-        if let Some(state) = self.states.load().get(addr) {
-            let end = self.clock.now_ms() + self.failure_eject_ms;
-            state.pass_over_until(end);
-            self.ejections_end.fetch_max(end, Ordering::Relaxed);
-        }
-    }
-
-    /// Outlier detection: the outcome of one try on `addr` (`failed`: a 5xx answer, or no
-    /// answer at all).
-    pub fn record_outcome(&self, addr: &SocketAddr, failed: bool) {
-        if !failed && self.failing.load(Ordering::Relaxed) == 0 {
+    /// How one try on `addr` ended, for passive tracking and outlier detection (see
+    /// [`outlier`]): one lookup of the target's state whatever the outcome.
+    pub fn record_try(&self, addr: &SocketAddr, end: TryEnd) {
+        if end == TryEnd::Ok && self.failing.load(Ordering::Relaxed) == 0 {
             // The common case: nothing to reset.
             return;
         }
@@ -388,13 +376,18 @@ impl Upstream {
         let Some(state) = states.get(addr) else {
             return;
         };
-        if !failed {
+        if end == TryEnd::Ok {
             if state.succeeded() {
                 self.failing.fetch_sub(1, Ordering::Relaxed);
             }
             return;
         }
         let now = self.clock.now_ms();
+        if end == TryEnd::PassOver && self.failure_eject_ms > 0 {
+            let until = now + self.failure_eject_ms;
+            state.pass_over_until(until);
+            self.ejections_end.fetch_max(until, Ordering::Relaxed);
+        }
         let ejected_now = states
             .iter()
             .filter(|(a, s)| *a != addr && s.ejected(now))
@@ -581,6 +574,18 @@ fn backend(addr: SocketAddr, weight: usize) -> Backend {
     }
 }
 
+/// How a try on a target ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryEnd {
+    /// It succeeded (or failed in a way not held against the target): ends a run of failures.
+    Ok,
+    /// It failed (a 5xx answer): counts toward ejection.
+    Failed,
+    /// It failed and the target is passed over for `failure_eject_ms` too (no answer at all,
+    /// or the request's last 5xx).
+    PassOver,
+}
+
 /// Looked up on every upstream try: a fast hash, since the keys are our own targets.
 type TargetStates = HashMap<SocketAddr, Arc<TargetState>, foldhash::fast::FixedState>;
 
@@ -731,7 +736,7 @@ mod tests {
         ));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // Tried already or ejected, it is still the only choice.
-        u.mark_failed(&addr);
+        u.record_try(&addr, TryEnd::PassOver);
         let b = u.select(b"", &[addr], false).unwrap();
         assert_eq!(b.addr.as_inet(), Some(&addr));
         u.probe().await;
