@@ -21,6 +21,7 @@
 //! same deadline otherwise. HTTP/2 connections are left alone once recognised.
 
 use crate::logging::HEAD_TIMED_OUT;
+use crate::runtime::KeepaliveRule;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
@@ -48,21 +49,21 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Guarded<A> {
     inner: Arc<A>,
     header_timeout: Duration,
-    /// The idle time allowed between requests, by the listener a connection came in on
-    /// (from the config when the connection starts).
-    idle: Box<dyn Fn(Option<std::net::SocketAddr>) -> Option<Duration> + Send + Sync>,
+    /// The keep-alive rule of the listener a connection came in on (from the config when
+    /// the connection starts).
+    keepalive: Box<dyn Fn(Option<std::net::SocketAddr>) -> KeepaliveRule + Send + Sync>,
 }
 
 impl<A> Guarded<A> {
     pub fn new(
         inner: A,
         header_timeout: Duration,
-        idle: impl Fn(Option<std::net::SocketAddr>) -> Option<Duration> + Send + Sync + 'static,
+        keepalive: impl Fn(Option<std::net::SocketAddr>) -> KeepaliveRule + Send + Sync + 'static,
     ) -> Self {
         Guarded {
             inner: Arc::new(inner),
             header_timeout,
-            idle: Box::new(idle),
+            keepalive: Box::new(keepalive),
         }
     }
 }
@@ -80,8 +81,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             let local = stream
                 .get_socket_digest()
                 .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
-            let idle = (self.idle)(local);
-            Box::new(HeadDeadline::new(stream, self.header_timeout, idle))
+            let keepalive = (self.keepalive)(local);
+            Box::new(HeadDeadline::new(stream, self.header_timeout, keepalive))
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -273,13 +274,23 @@ pub fn request_done(stream: &Stream) {
     }
 }
 
-/// The framing fields of the connection's current request head, when the connection is
-/// guarded (HTTP/1).
-pub fn framing(stream: &Stream) -> Option<Framing> {
+/// What the guard knows of a guarded (HTTP/1) connection and its current request head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadInfo {
+    pub framing: Framing,
+    /// The connection's keep-alive rule, looked up once when it was accepted.
+    pub keepalive: KeepaliveRule,
+}
+
+/// The connection's [`HeadInfo`], when the connection is guarded (HTTP/1).
+pub fn head_info(stream: &Stream) -> Option<HeadInfo> {
     stream
         .as_any()
         .downcast_ref::<HeadDeadline>()
-        .map(|h| h.head.framing)
+        .map(|h| HeadInfo {
+            framing: h.head.framing,
+            keepalive: h.keepalive,
+        })
 }
 
 #[derive(Debug)]
@@ -294,8 +305,9 @@ pub struct HeadDeadline {
     deadline: Pin<Box<Sleep>>,
     /// Bytes read while telling h2c from HTTP/1, served before anything else.
     replay: BytesMut,
-    /// The idle time allowed between requests; `None`: no limit.
-    idle: Option<Duration>,
+    /// The idle time allowed between requests (`timeout_secs`, 0: none) and the requests
+    /// per connection.
+    keepalive: KeepaliveRule,
     /// When the connection became idle (the last request ended), once a read saw it.
     idle_since: Option<Instant>,
     /// The timer holds this task's waker: it was polled since it was last set. The
@@ -304,7 +316,7 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    fn new(inner: Stream, timeout: Duration, idle: Option<Duration>) -> Self {
+    fn new(inner: Stream, timeout: Duration, keepalive: KeepaliveRule) -> Self {
         let due = Instant::now() + timeout;
         HeadDeadline {
             inner,
@@ -314,7 +326,7 @@ impl HeadDeadline {
             due,
             deadline: Box::pin(tokio::time::sleep_until(due)),
             replay: BytesMut::new(),
-            idle,
+            keepalive,
             idle_since: None,
             timer_polled: false,
         }
@@ -340,9 +352,12 @@ impl HeadDeadline {
     /// longer than allowed. Arms the timer only when it would fire later than the idle
     /// deadline or has already fired; a timer that fires early is re-armed here.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(idle) = self.idle else { return false };
+        if self.keepalive.timeout_secs == 0 {
+            // Keep-alive is off: Pingora closes after each answer.
+            return false;
+        }
         let since = *self.idle_since.get_or_insert_with(Instant::now);
-        let due = since + idle;
+        let due = since + Duration::from_secs(self.keepalive.timeout_secs);
         loop {
             let armed = self.deadline.deadline();
             if armed > due || armed <= since {

@@ -228,10 +228,7 @@ fn main() -> ExitCode {
         "gateway proxy".to_string(),
         Guarded::new(app, Duration::from_millis(s.client_header_timeout_ms), {
             let handle = handle.clone();
-            move |local| {
-                let rule = handle.load().keepalive.rule(local);
-                (rule.timeout_secs > 0).then(|| Duration::from_secs(rule.timeout_secs))
-            }
+            move |local| handle.load().keepalive.rule(local)
         }),
     );
     // The fan-out service: on server.fanout.listen, or, when server.fanout names no address,

@@ -9,7 +9,7 @@ use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::path::PathOptions;
 use crate::ratelimit;
 use crate::router::RequestView;
-use crate::runtime::{RequestLimits, Route, Runtime, RuntimeHandle};
+use crate::runtime::{KeepaliveRule, RequestLimits, Route, Runtime, RuntimeHandle};
 use crate::upstream::{HashKey, TryEnd, Upstream};
 use crate::wire::{TRACEPARENT, X_AGGREGATE, X_CLAIMS, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
@@ -443,21 +443,17 @@ fn request_has_body(req: &RequestHeader) -> bool {
     h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Bound how many requests an HTTP/1 connection serves, or turn keep-alive off. The idle
-/// time between requests is the connection guard's (guard.rs), which costs no timer per
-/// request, so Pingora's own keep-alive timeout is left off. The request count travels with
-/// the connection from one request to the next (Pingora decrements it), so it is set on the
-/// first request only; a connection the client asked to close stays closed.
-fn apply_keepalive(session: &mut Session, keepalive: &crate::runtime::Keepalive) {
-    let local = match session.server_addr() {
-        Some(PingoraAddr::Inet(a)) => Some(*a),
-        _ => None,
-    };
+/// Bound how many requests an HTTP/1 connection serves, or turn keep-alive off, by the rule
+/// the guard looked up when the connection was accepted. The idle time between requests is
+/// the guard's too (it costs no timer per request), so Pingora's own keep-alive timeout is
+/// left off. The request count travels with the connection from one request to the next
+/// (Pingora decrements it), so it is set on the first request only; a connection the client
+/// asked to close stays closed.
+fn apply_keepalive(session: &mut Session, rule: KeepaliveRule) {
     let ds = session.as_downstream_mut();
     if ds.get_keepalive().is_none() {
         return;
     }
-    let rule = keepalive.rule(local);
     if rule.timeout_secs == 0 {
         ds.set_keepalive(None);
         return;
@@ -563,10 +559,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Runs first: settle the request id so every later answer can carry it, and the
-    /// connection's keep-alive.
+    /// Runs first: settle the request id so every later answer can carry it.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        apply_keepalive(session, &ctx.rt.keepalive);
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if acceptable_request_id(v) => v.clone(),
             _ => new_request_id(),
@@ -589,11 +583,14 @@ impl ProxyHttp for Gateway {
     /// Framing and size checks, then the route lookup and the route's policies. Answers
     /// 400, 404, 413, 431 and the policies' refusals itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let framing = session
+        let head = session
             .as_downstream()
             .stream()
-            .and_then(crate::guard::framing)
-            .unwrap_or_default();
+            .and_then(crate::guard::head_info);
+        if let Some(h) = head {
+            apply_keepalive(session, h.keepalive);
+        }
+        let framing = head.map(|h| h.framing).unwrap_or_default();
         let req = session.req_header();
         if let Err(e) = check_head(req, framing, &ctx.rt.limits) {
             respond(session, ctx, e).await?;
