@@ -252,32 +252,40 @@ impl HeaderTarget for RespHeaders<'_> {
 /// Write a gateway-generated response in the JSON envelope.
 async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
     ctx.error = Some(err.message);
-    let body = err.body();
-    let mut resp = ResponseHeader::build(err.status, Some(4 + err.headers.len()))?;
-    resp.insert_header(CONTENT_TYPE, JSON.clone())?;
-    resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header("x-request-id", ctx.request_id.clone())?;
-    let quota = ctx.quota.filter(|_| err.status != 429);
-    for (name, value) in err
-        .headers
+    let status = err.status;
+    let quota = ctx.quota.filter(|_| status != 429);
+    let more = cors_headers(ctx)
         .into_iter()
-        .chain(cors_headers(ctx))
-        .chain(quota.into_iter().flat_map(|q| q.headers()))
-    {
-        resp.insert_header(name, value)?;
-    }
+        .chain(quota.into_iter().flat_map(|q| q.headers()));
+    let (resp, body) = envelope(err, ctx.request_id.clone(), more)?;
     // A body the client already started sending would otherwise be read as the next
     // request on this connection; close instead of guessing where it ends.
     let has_body = request_has_body(session.req_header());
     // After a malformed request nothing on this connection can be trusted.
-    if has_body || err.status == http::StatusCode::BAD_REQUEST || is_draining() {
+    if has_body || status == http::StatusCode::BAD_REQUEST || is_draining() {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// An answer of the gateway in the envelope: its head (status, JSON type, length, request
+/// id, the error's own fields, then `more`) and its body.
+fn envelope(
+    err: GatewayError,
+    request_id: HeaderValue,
+    more: impl Iterator<Item = (HeaderName, HeaderValue)>,
+) -> Result<(ResponseHeader, Bytes)> {
+    let body = Bytes::from(err.body());
+    let mut resp = ResponseHeader::build(err.status, Some(4 + err.headers.len()))?;
+    resp.insert_header(CONTENT_TYPE, JSON.clone())?;
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    resp.insert_header("x-request-id", request_id)?;
+    for (name, value) in err.headers.into_iter().chain(more) {
+        resp.insert_header(name, value)?;
+    }
+    Ok((resp, body))
 }
 
 /// The request head's framing and size: refuse what two parsers could read differently
@@ -541,16 +549,9 @@ impl ProxyHttp for Gateway {
             .invalid_requests
             .with_label_values(&[err.status.as_str()])
             .inc();
-        let body = Bytes::from(err.body());
-        let resp = ResponseHeader::build(err.status, Some(5)).and_then(|mut r| {
-            r.insert_header(CONTENT_TYPE, JSON.clone())?;
-            r.insert_header(CONTENT_LENGTH, body.len())?;
-            r.insert_header(X_REQUEST_ID.clone(), new_request_id())?;
-            r.insert_header(http::header::CONNECTION, "close")?;
-            Ok(r)
-        });
-        match resp {
-            Ok(r) => (r, body),
+        let close = (http::header::CONNECTION, HeaderValue::from_static("close"));
+        match envelope(err, new_request_id(), std::iter::once(close)) {
+            Ok(answer) => answer,
             // Building a header from fixed parts does not fail; if it ever did, Pingora's own.
             Err(_) => (
                 pingora::protocols::http::ServerSession::generate_error(400),

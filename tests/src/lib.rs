@@ -732,6 +732,20 @@ pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The status code and the JSON body (Null if none) of an answer read with [`raw`].
+pub fn parse_answer(out: &str) -> (u16, serde_json::Value) {
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Outcome of [`keepalive_load`].
 #[derive(Debug, Default, Clone)]
 pub struct LoadResult {

@@ -19,6 +19,18 @@ fn check(path: &std::path::Path) -> (bool, String, String) {
     )
 }
 
+/// `gateway -t` on `yaml` must refuse it and name every fault of `wants` on stderr.
+fn assert_refused(yaml: &str, wants: &[&str]) {
+    let s = Setup::new();
+    let f = s.path("refused.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, _, stderr) = check(&f);
+    assert!(!ok, "accepted:\n{yaml}");
+    for want in wants {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
 fn shipped_configs() -> Vec<PathBuf> {
     let root = workspace_root().join("conf");
     let mut files = vec![root.join("gateway.yaml")];
@@ -173,11 +185,8 @@ routes:
 
 #[test]
 fn jwt_faults_are_named_by_their_own_key() {
-    let s = Setup::new();
-    let f = s.path("jwt.yaml");
     std::env::set_var("GW_TEST_CONFIG_JWT_SECRET", "x");
-    std::fs::write(
-        &f,
+    assert_refused(
         r#"
 upstreams:
   u: { targets: [{ addr: "127.0.0.1:9001" }] }
@@ -196,25 +205,17 @@ routes:
         keys: { secret_env: GW_TEST_CONFIG_JWT_SECRET }
         forward_claims: { sub: "bad header" }
 "#,
-    )
-    .unwrap();
-    let (ok, _, stderr) = check(&f);
-    assert!(!ok);
-    for want in [
-        "routes[0].plugins.jwt.algorithms[1]: unknown algorithm \"XX999\"",
-        "routes[1].plugins.jwt.algorithms[0]: no key can verify HS256",
-        "routes[2].plugins.jwt.forward_claims.sub: invalid header name",
-    ] {
-        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
-    }
+        &[
+            "routes[0].plugins.jwt.algorithms[1]: unknown algorithm \"XX999\"",
+            "routes[1].plugins.jwt.algorithms[0]: no key can verify HS256",
+            "routes[2].plugins.jwt.forward_claims.sub: invalid header name",
+        ],
+    );
 }
 
 #[test]
 fn every_typo_and_bad_value_is_reported_in_one_run() {
-    let s = Setup::new();
-    let f = s.path("typos.yaml");
-    std::fs::write(
-        &f,
+    assert_refused(
         r#"server:
   thredas: 4
   listen: ["127.0.0.1:8080"]
@@ -229,20 +230,15 @@ routes:
     plugins:
       rate_limit: [{ algorithm: sliding_window, limit: 5, on_store_error: maybe }]
 "#,
-    )
-    .unwrap();
-    let (ok, _, stderr) = check(&f);
-    assert!(!ok);
-    for want in [
-        "server: unknown field `thredas`",
-        "at line 2 column 12",
-        "upstreams.u.lb: unknown variant `roundrobin`",
-        "at line 7 column 9",
-        "upstreams.u.timeouts: unknown field `conect_ms`",
-        "at line 8 column 28",
-        "routes[0].plugins.rate_limit[0].on_store_error: unknown variant `maybe`",
-        "configuration refused (4 errors)",
-    ] {
-        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
-    }
+        &[
+            "server: unknown field `thredas`",
+            "at line 2 column 12",
+            "upstreams.u.lb: unknown variant `roundrobin`",
+            "at line 7 column 9",
+            "upstreams.u.timeouts: unknown field `conect_ms`",
+            "at line 8 column 28",
+            "routes[0].plugins.rate_limit[0].on_store_error: unknown variant `maybe`",
+            "configuration refused (4 errors)",
+        ],
+    );
 }

@@ -24,17 +24,9 @@ fn start_with_route(extra_server: &str, up: &Upstream, route: &str) -> Gateway {
 }
 
 /// The status line's code and the JSON envelope's code, when there is one.
-fn codes(answer: &str) -> (u16, Option<u64>) {
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    let code = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["code"].as_u64());
-    (status, code)
+fn codes(out: &str) -> (u16, Option<u64>) {
+    let (status, body) = tests::parse_answer(out);
+    (status, body["code"].as_u64())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,22 +6,11 @@
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tests::{raw, Gateway, Setup, Upstream};
-
-/// Status code and JSON body of a raw answer.
-fn answer(out: &str) -> (u16, Value) {
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
+use tests::{parse_answer, raw, Gateway, Setup, Upstream};
 
 fn get(gw: &Gateway, target: &str) -> (u16, Value) {
     let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    answer(&raw(gw.port, req.as_bytes(), Duration::from_secs(5)))
+    parse_answer(&raw(gw.port, req.as_bytes(), Duration::from_secs(5)))
 }
 
 fn start(paths: &str, up: &Upstream, shadow: &Upstream) -> Gateway {
