@@ -670,7 +670,7 @@ fn check_rate_limit(
     config: &Config,
 ) {
     use plugins::ratelimit::Algorithm;
-    let algorithm = match crate::ratelimit::rate_limit(l) {
+    let algorithm = match crate::policy::ratelimit::rate_limit(l) {
         Ok(spec) => spec.algorithm,
         Err((field, e)) => {
             errs.push(ConfigError::new(format!("{p}.{field}"), e));

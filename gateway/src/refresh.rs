@@ -36,7 +36,11 @@ impl BackgroundService for RefreshService {
             }
             let now_ms = epoch.elapsed().as_millis() as u64;
             let rt = self.runtime.load();
-            for (_, jwks) in rt.routes.iter().filter_map(|r| r.jwks.as_ref()) {
+            for (_, jwks) in rt
+                .routes
+                .iter()
+                .filter_map(|r| r.chain.jwt()?.remote.as_ref())
+            {
                 if jwks.refresh_due(now_ms) {
                     let jwks = jwks.clone();
                     tokio::spawn(async move { jwks.refresh().await });

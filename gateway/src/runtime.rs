@@ -6,7 +6,10 @@
 use crate::aggregate::Aggregate;
 use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
 use crate::jwks::RemoteJwks;
-use crate::ratelimit::RouteLimit;
+use crate::policy::ban::Ban;
+use crate::policy::jwt::Jwt;
+use crate::policy::ratelimit::{RateLimits, RouteLimit};
+use crate::policy::{Chain, Member};
 use crate::router::Router;
 use crate::store::RedisStore;
 use crate::upstream::{HashKey, Upstream};
@@ -16,7 +19,7 @@ use plugins::autoban::{AutoBan, AutoBanSettings};
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
-use plugins::HeaderOps;
+use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,18 +56,9 @@ pub struct Route {
     pub aggregate: Option<HeaderValue>,
     /// The route's path regex, for `{path.NAME}` in aggregate templates.
     pub path_regex: Option<regex::Regex>,
-    pub jwt: Option<Arc<JwtVerifier>>,
-    /// With `keys.jwks_url`: where the keys come from, and the settings they were made with.
-    pub jwks: Option<(JwtConfig, Arc<RemoteJwks>)>,
-    pub ip_filter: Option<IpFilter>,
-    /// Bans earned by refusals on this route.
-    pub autoban: Option<Arc<AutoBan>>,
-    pub cors: Option<Cors>,
-    /// Every one must pass.
-    pub limits: Vec<Arc<RouteLimit>>,
+    /// The route's policies, in the order they run (see [`crate::policy`]).
+    pub chain: Chain,
     pub strip_prefix: Option<String>,
-    pub request_headers: HeaderOps,
-    pub response_headers: HeaderOps,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -185,10 +179,9 @@ pub struct Runtime {
     pub limits: RequestLimits,
     /// Keep-alive of client connections.
     pub keepalive: Keepalive,
-    /// Applied to every request before routing.
-    pub ip_filter: Option<IpFilter>,
-    /// Bans earned by refusals on any route.
-    pub autoban: Option<Arc<AutoBan>>,
+    /// The server's policies, run on every request before routing: its `ip_filter` and the
+    /// bans earned by refusals on any route.
+    pub chain: Chain,
     /// The shared store, with the settings it was made from (kept across reloads).
     pub redis: Option<(RedisConfig, Arc<RedisStore>)>,
     pub generation: u64,
@@ -197,11 +190,9 @@ pub struct Runtime {
 impl Runtime {
     /// Every ban tracker with its scope: `server`, or the route's name.
     pub fn ban_scopes(&self) -> impl Iterator<Item = (&str, &Arc<AutoBan>)> {
-        self.autoban.iter().map(|b| ("server", b)).chain(
-            self.routes
-                .iter()
-                .filter_map(|r| r.autoban.as_ref().map(|b| (r.name.as_str(), b))),
-        )
+        std::iter::once(&self.chain)
+            .chain(self.routes.iter().map(|r| &r.chain))
+            .filter_map(|c| c.bans().map(|b| (b.scope.as_str(), &b.bans)))
     }
 
     /// Compile a config that [`crate::compile::validate`] accepted. Upstreams that
@@ -212,6 +203,27 @@ impl Runtime {
         generation: u64,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, String> {
+        let redis = match &config.server.redis {
+            Some(cfg) => Some(
+                match previous
+                    .and_then(|p| p.redis.as_ref())
+                    .filter(|(c, _)| c == cfg)
+                {
+                    Some(kept) => kept.clone(),
+                    None => (
+                        cfg.clone(),
+                        Arc::new(
+                            RedisStore::new(
+                                cfg.url.expose(),
+                                Duration::from_millis(cfg.timeout_ms),
+                            )
+                            .map_err(|e| format!("server.redis.url: {e}"))?,
+                        ),
+                    ),
+                },
+            ),
+            None => None,
+        };
         let mut upstreams = HashMap::new();
         for (name, cfg) in &config.upstreams {
             let kept = previous
@@ -300,9 +312,11 @@ impl Runtime {
                 }),
                 None => None,
             };
-            let (jwt_verifier, jwks) = route_jwt(r, previous)
-                .map_err(|(p, e)| format!("routes[{i}].plugins.jwt.{p}: {e}"))?;
-            let h = &r.headers;
+            let before = previous
+                .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
+                .map(|old| &old.chain);
+            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s))
+                .map_err(|e| format!("routes[{i}].{e}"))?;
             routes.push(Route {
                 duration: crate::metrics::METRICS
                     .request_duration
@@ -320,38 +334,14 @@ impl Runtime {
                     ),
                     None => None,
                 },
-                jwt: jwt_verifier.clone(),
-                jwks,
-                ip_filter: match &r.plugins.ip_filter {
-                    Some(f) => Some(
-                        ip_filter(f)
-                            .map_err(|(p, e)| format!("routes[{i}].plugins.ip_filter.{p}: {e}"))?,
-                    ),
-                    None => None,
-                },
-                autoban: autoban(
-                    r.plugins.ip_filter.as_ref(),
-                    previous
-                        .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
-                        .and_then(|old| old.autoban.as_ref()),
-                ),
-                cors: match &r.plugins.cors {
-                    Some(c) => Some(cors(c).map_err(|e| format!("routes[{i}].plugins.cors: {e}"))?),
-                    None => None,
-                },
+                chain,
                 path_regex: match r.matcher.path.as_ref().and_then(|p| p.regex.as_ref()) {
                     Some(re) => {
                         Some(regex::Regex::new(re).map_err(|e| format!("routes[{i}]: {e}"))?)
                     }
                     None => None,
                 },
-                limits: route_limits(r, previous)
-                    .map_err(|e| format!("routes[{i}].plugins.rate_limit{e}"))?,
                 strip_prefix: r.strip_prefix.clone(),
-                request_headers: HeaderOps::new(&h.request.set, &h.request.remove)
-                    .map_err(|e| format!("routes[{i}].headers.request: {e}"))?,
-                response_headers: HeaderOps::new(&h.response.set, &h.response.remove)
-                    .map_err(|e| format!("routes[{i}].headers.response: {e}"))?,
             });
         }
         Ok(Runtime {
@@ -383,56 +373,89 @@ impl Runtime {
                 .iter()
                 .map(|n| plugins::ipfilter::parse_net(n))
                 .collect::<Result<_, _>>()?,
-            redis: match &config.server.redis {
-                Some(cfg) => Some(
-                    match previous
-                        .and_then(|p| p.redis.as_ref())
-                        .filter(|(c, _)| c == cfg)
-                    {
-                        Some(kept) => kept.clone(),
-                        None => (
-                            cfg.clone(),
-                            Arc::new(
-                                RedisStore::new(
-                                    cfg.url.expose(),
-                                    Duration::from_millis(cfg.timeout_ms),
-                                )
-                                .map_err(|e| format!("server.redis.url: {e}"))?,
-                            ),
-                        ),
-                    },
-                ),
-                None => None,
-            },
-            autoban: autoban(
-                config.server.ip_filter.as_ref(),
-                previous.and_then(|p| p.autoban.as_ref()),
+            chain: Chain::new(
+                filter_members(
+                    "server",
+                    config.server.ip_filter.as_ref(),
+                    previous.map(|p| &p.chain),
+                )
+                .map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?,
             ),
-            ip_filter: match &config.server.ip_filter {
-                Some(f) => {
-                    Some(ip_filter(f).map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?)
-                }
-                None => None,
-            },
+            redis,
             generation,
         })
     }
 }
 
-/// The ban tracker of an `ip_filter` block: the previous one, with its bans, when the
-/// settings did not change.
-fn autoban(f: Option<&IpFilterConfig>, previous: Option<&Arc<AutoBan>>) -> Option<Arc<AutoBan>> {
-    let b = f?.auto_ban.as_ref()?;
-    let settings = AutoBanSettings {
-        threshold: b.threshold,
-        window: Duration::from_secs(b.window_secs),
-        ban: Duration::from_secs(b.ban_secs),
-        max_entries: b.max_entries,
+/// The members an `ip_filter` block makes: the filter, and the ban tracker (the previous
+/// one, with its bans, when the settings did not change).
+fn filter_members(
+    scope: &str,
+    f: Option<&IpFilterConfig>,
+    before: Option<&Chain>,
+) -> Result<Vec<Member>, (String, String)> {
+    let Some(f) = f else {
+        return Ok(Vec::new());
     };
-    Some(match previous.filter(|p| p.settings == settings) {
-        Some(kept) => kept.clone(),
-        None => Arc::new(AutoBan::new(settings)),
-    })
+    let mut members = vec![Member::IpFilter(ip_filter(f)?)];
+    if let Some(b) = &f.auto_ban {
+        let settings = AutoBanSettings {
+            threshold: b.threshold,
+            window: Duration::from_secs(b.window_secs),
+            ban: Duration::from_secs(b.ban_secs),
+            max_entries: b.max_entries,
+        };
+        let bans = match before
+            .and_then(Chain::bans)
+            .filter(|p| p.bans.settings == settings)
+        {
+            Some(kept) => kept.bans.clone(),
+            None => Arc::new(AutoBan::new(settings)),
+        };
+        members.push(Member::Ban(Ban {
+            scope: scope.to_string(),
+            bans,
+        }));
+    }
+    Ok(members)
+}
+
+/// A route's chain, in the order [`crate::policy`] documents; what the previous chain of
+/// the same route holds is kept where its settings did not change. The error starts with
+/// the YAML path below the route.
+fn route_chain(
+    r: &crate::config::RouteConfig,
+    before: Option<&Chain>,
+    redis: Option<&Arc<RedisStore>>,
+) -> Result<Chain, String> {
+    let p = &r.plugins;
+    let mut members = filter_members(&r.name, p.ip_filter.as_ref(), before)
+        .map_err(|(f, e)| format!("plugins.ip_filter.{f}: {e}"))?;
+    if let Some(c) = &p.cors {
+        members.push(Member::Cors(
+            cors(c).map_err(|e| format!("plugins.cors: {e}"))?,
+        ));
+    }
+    if let Some(j) = route_jwt(r, before).map_err(|(f, e)| format!("plugins.jwt.{f}: {e}"))? {
+        members.push(Member::Jwt(j));
+    }
+    if !p.rate_limit.is_empty() {
+        members.push(Member::RateLimit(RateLimits {
+            limits: route_limits(r, before).map_err(|e| format!("plugins.rate_limit{e}"))?,
+            redis: redis.cloned(),
+        }));
+    }
+    let h = &r.headers;
+    let rules = HeaderRules {
+        request: HeaderOps::new(&h.request.set, &h.request.remove)
+            .map_err(|e| format!("headers.request: {e}"))?,
+        response: HeaderOps::new(&h.response.set, &h.response.remove)
+            .map_err(|e| format!("headers.response: {e}"))?,
+    };
+    if !rules.request.is_empty() || !rules.response.is_empty() {
+        members.push(Member::Headers(rules));
+    }
+    Ok(Chain::new(members))
 }
 
 /// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
@@ -531,31 +554,29 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
     )
 }
 
-/// The route's JWT verifier. Keys from a URL are kept across a reload that leaves the
-/// `jwt` block as it was, so a reload never drops to an empty key set.
-#[allow(clippy::type_complexity)]
+/// The route's JWT policy. Keys from a URL are kept across a reload that leaves the `jwt`
+/// block as it was, so a reload never drops to an empty key set.
 fn route_jwt(
     r: &crate::config::RouteConfig,
-    previous: Option<&Runtime>,
-) -> Result<
-    (
-        Option<Arc<JwtVerifier>>,
-        Option<(JwtConfig, Arc<RemoteJwks>)>,
-    ),
-    (String, String),
-> {
+    before: Option<&Chain>,
+) -> Result<Option<Jwt>, (String, String)> {
     let Some(cfg) = &r.plugins.jwt else {
-        return Ok((None, None));
+        return Ok(None);
     };
     let Some(url) = &cfg.keys.jwks_url else {
-        return Ok((Some(Arc::new(jwt(cfg)?)), None));
+        return Ok(Some(Jwt {
+            verifier: Arc::new(jwt(cfg)?),
+            remote: None,
+        }));
     };
-    let kept = previous
-        .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
-        .and_then(|old| Some((old.jwt.clone()?, old.jwks.clone()?)))
-        .filter(|(_, (old_cfg, _))| old_cfg == cfg);
-    if let Some((verifier, jwks)) = kept {
-        return Ok((Some(verifier), Some(jwks)));
+    let kept = before
+        .and_then(Chain::jwt)
+        .filter(|old| old.remote.as_ref().is_some_and(|(c, _)| c == cfg));
+    if let Some(old) = kept {
+        return Ok(Some(Jwt {
+            verifier: old.verifier.clone(),
+            remote: old.remote.clone(),
+        }));
     }
     let verifier = Arc::new(jwt(cfg)?);
     let k = &cfg.keys;
@@ -569,33 +590,35 @@ fn route_jwt(
         k.ca_file.as_deref(),
     )
     .map_err(|e| ("keys.jwks_url".to_string(), e))?;
-    Ok((Some(verifier), Some((cfg.clone(), Arc::new(remote)))))
+    Ok(Some(Jwt {
+        verifier,
+        remote: Some((cfg.clone(), Arc::new(remote))),
+    }))
 }
 
-/// The route's limits; an entry the previous config had at the same place of the same route
-/// keeps its counters.
+/// The route's limits; an unchanged limit keeps its counters wherever it moved in the
+/// list: matched by its settings, each old one taken once.
 fn route_limits(
     r: &crate::config::RouteConfig,
-    previous: Option<&Runtime>,
+    before: Option<&Chain>,
 ) -> Result<Vec<Arc<RouteLimit>>, String> {
-    let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name));
-    // An unchanged limit keeps its counters wherever it moved in the list: matched by its
-    // settings, each old one taken once.
-    let mut taken = vec![false; before.map_or(0, |old| old.limits.len())];
+    let old: &[Arc<RouteLimit>] = before
+        .and_then(Chain::rate_limits)
+        .map_or(&[], |l| &l.limits);
+    let mut taken = vec![false; old.len()];
     r.plugins
         .rate_limit
         .iter()
         .enumerate()
         .map(|(j, cfg)| {
-            let kept = before.and_then(|old| {
-                let i = old
-                    .limits
-                    .iter()
-                    .enumerate()
-                    .position(|(i, l)| !taken[i] && l.cfg == *cfg)?;
-                taken[i] = true;
-                Some(old.limits[i].clone())
-            });
+            let kept = old
+                .iter()
+                .enumerate()
+                .position(|(i, l)| !taken[i] && l.cfg == *cfg)
+                .map(|i| {
+                    taken[i] = true;
+                    old[i].clone()
+                });
             match kept {
                 Some(kept) => Ok(kept),
                 None => RouteLimit::new(&r.name, j, cfg)
@@ -658,13 +681,13 @@ routes:
 "#,
             Some(&first),
         );
-        let old_one = &first.routes[0];
-        let new_one = second.routes.iter().find(|r| r.name == "one").unwrap();
-        assert!(
-            Arc::ptr_eq(&old_one.limits[0], &new_one.limits[1]),
-            "counters kept"
-        );
-        assert!(!Arc::ptr_eq(&old_one.limits[0], &new_one.limits[0]));
+        let limits = |rt: &Runtime, route: &str| {
+            let r = rt.routes.iter().find(|r| r.name == route).unwrap();
+            r.chain.rate_limits().unwrap().limits.clone()
+        };
+        let (old_one, new_one) = (limits(&first, "one"), limits(&second, "one"));
+        assert!(Arc::ptr_eq(&old_one[0], &new_one[1]), "counters kept");
+        assert!(!Arc::ptr_eq(&old_one[0], &new_one[0]));
         assert!(
             Arc::ptr_eq(&first.upstreams["a"], &second.upstreams["a"]),
             "pool, health and breaker kept"
@@ -681,6 +704,6 @@ routes:
 "#,
             Some(&second),
         );
-        assert!(!Arc::ptr_eq(&new_one.limits[1], &third.routes[0].limits[0]));
+        assert!(!Arc::ptr_eq(&new_one[1], &limits(&third, "one")[0]));
     }
 }

@@ -19,6 +19,53 @@ pub struct Cors {
     allow_headers: Option<HeaderValue>,
 }
 
+impl crate::policy::Policy for Cors {
+    /// A preflight is answered here (204, or 403 with the reason); an actual request from
+    /// an allowed origin is noted, so its answer carries the `Access-Control-*` headers.
+    fn request(
+        &self,
+        req: &crate::policy::Request<'_>,
+        facts: &mut crate::policy::Facts,
+    ) -> impl std::future::Future<Output = crate::policy::Flow> + Send {
+        use crate::policy::Flow;
+        let flow = match req.headers.get(&ORIGIN) {
+            None => Flow::Continue,
+            Some(origin) => {
+                let o = origin.to_str().unwrap_or("");
+                match req.preflight {
+                    Some(method) => {
+                        let asked = req
+                            .headers
+                            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+                            .and_then(|v| v.to_str().ok());
+                        match self.preflight(o, method.as_str(), asked) {
+                            Preflight::Allowed(headers) => Flow::Answer(204, headers),
+                            Preflight::Refused(reason) => {
+                                Flow::Respond(crate::GatewayError::forbidden(reason))
+                            }
+                        }
+                    }
+                    None => {
+                        if self.origin_allowed(o) {
+                            facts.cors_origin = Some(origin.clone());
+                        }
+                        Flow::Continue
+                    }
+                }
+            }
+        };
+        std::future::ready(flow)
+    }
+
+    fn response(&self, facts: &crate::policy::Facts, resp: &mut crate::policy::Response<'_>) {
+        if let Some(origin) = &facts.cors_origin {
+            for (name, value) in self.response_headers(origin.to_str().unwrap_or("")) {
+                resp.headers.set_header(&name, &value);
+            }
+        }
+    }
+}
+
 /// What to send back for a preflight.
 pub enum Preflight {
     /// 204 with these headers.

@@ -24,6 +24,11 @@ impl GatewayError {
         }
     }
 
+    /// 403 with the reason in `data`.
+    pub fn forbidden(reason: &'static str) -> Self {
+        Self::new(403, "forbidden").with_data(serde_json::json!({ "reason": reason }))
+    }
+
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = data;
         self

@@ -3,6 +3,26 @@
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 
+/// A route's header rules: for the request sent upstream, and for the upstream's answer.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl crate::policy::Policy for HeaderRules {
+    fn upstream_request(&self, _: &crate::policy::Facts, headers: &mut dyn HeaderTarget) {
+        self.request.apply(headers);
+    }
+
+    /// The upstream's answers only: the gateway's own answers keep their headers.
+    fn response(&self, _: &crate::policy::Facts, resp: &mut crate::policy::Response<'_>) {
+        if resp.proxied {
+            self.response.apply(resp.headers);
+        }
+    }
+}
+
 /// Headers to remove, then headers to set (replacing any value already there).
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
@@ -35,7 +55,7 @@ impl HeaderOps {
     }
 
     /// Apply to any header container.
-    pub fn apply(&self, target: &mut impl HeaderTarget) {
+    pub fn apply(&self, target: &mut (impl HeaderTarget + ?Sized)) {
         for name in &self.remove {
             target.remove_header(name);
         }
@@ -49,6 +69,11 @@ impl HeaderOps {
 pub trait HeaderTarget {
     fn remove_header(&mut self, name: &HeaderName);
     fn set_header(&mut self, name: &HeaderName, value: &HeaderValue);
+    /// Set a header whose name is static lowercase text (some targets keep it without
+    /// copying it).
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) {
+        self.set_header(&HeaderName::from_static(name), &value);
+    }
 }
 
 impl HeaderTarget for http::HeaderMap {

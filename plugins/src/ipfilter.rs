@@ -48,6 +48,24 @@ impl IpFilter {
     }
 }
 
+impl crate::policy::Policy for IpFilter {
+    /// 403 with the reason for an address that may not pass; a request whose address is
+    /// unknown (a Unix socket) passes.
+    fn request(
+        &self,
+        req: &crate::policy::Request<'_>,
+        _: &mut crate::policy::Facts,
+    ) -> impl std::future::Future<Output = crate::policy::Flow> + Send {
+        let flow = match req.client_ip.map(|ip| self.check(ip)) {
+            Some(Err(reason)) => {
+                crate::policy::Flow::Respond(crate::GatewayError::forbidden(reason))
+            }
+            _ => crate::policy::Flow::Continue,
+        };
+        std::future::ready(flow)
+    }
+}
+
 /// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

@@ -8,12 +8,14 @@ pub mod envelope;
 pub mod headers;
 
 pub use envelope::GatewayError;
-pub use headers::{HeaderOps, HeaderTarget};
+pub use headers::{HeaderOps, HeaderRules, HeaderTarget};
+pub use policy::{Facts, Flow, Policy};
 pub mod autoban;
 pub mod breaker;
 pub mod cors;
 pub mod ipfilter;
 pub mod jwt;
+pub mod policy;
 pub mod ratelimit;
 pub mod retry;
 pub mod window;

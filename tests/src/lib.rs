@@ -383,11 +383,15 @@ impl Setup {
         gw
     }
 
-    /// Start with extra flags; returns once `ready_port` accepts.
+    /// Start with extra flags; returns once `ready_port` accepts, and the admin listener
+    /// too when the config has it (the services start one after another).
     pub fn start_with(self, yaml: &str, args: &[&str], ready_port: u16) -> Gateway {
         std::fs::write(self.path("gateway.yaml"), yaml).unwrap();
         let mut gw = Gateway::spawn(&self.dir, self.port, self.admin_port, args, "");
         gw.wait_ready(ready_port);
+        if yaml.contains(&format!("admin: \"127.0.0.1:{}\"", self.admin_port)) {
+            gw.wait_ready(self.admin_port);
+        }
         gw
     }
 }

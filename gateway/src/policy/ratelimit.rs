@@ -1,16 +1,18 @@
-//! A route's rate limits applied to one request: each limit decides locally or in Redis,
-//! and a limit whose store cannot answer in time follows its `on_store_error`.
+//! A route's rate limits as a chain member: each limit decides locally or in Redis, and a
+//! limit whose store cannot answer in time follows its `on_store_error`. The quota nearest
+//! to running out is told in the answer's headers.
 
 use crate::config::{LimitStore, OnStoreError, RateLimitConfig};
 use crate::metrics::METRICS;
 use crate::store::RedisStore;
 use pingora_prometheus::prometheus::IntCounter;
+use plugins::policy::{Request, Response};
 use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
 use plugins::ratelimit::{
     Algorithm, LimitKey, LimitSpec, Limiter, QuotaHeaders, RequestKeys, Subject, Tiers, Verdict,
 };
-use plugins::GatewayError;
+use plugins::{Facts, Flow, GatewayError, Policy};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -19,6 +21,46 @@ static WINDOW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(Script::Window.source()));
 static BUCKET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(Script::Bucket.source()));
+
+/// Every `rate_limit` entry of a route; all must pass.
+pub struct RateLimits {
+    pub limits: Vec<Arc<RouteLimit>>,
+    /// The shared store, for `store: redis` limits.
+    pub redis: Option<Arc<RedisStore>>,
+}
+
+impl Policy for RateLimits {
+    async fn request(&self, req: &Request<'_>, facts: &mut Facts) -> Flow {
+        let keys = RequestKeys {
+            ip: req.client_ip,
+            headers: req.headers,
+            claims: facts.claims.as_deref(),
+        };
+        match check(&self.limits, self.redis.as_deref(), &keys).await {
+            Ok(admitted) => {
+                facts.quota = admitted.quota;
+                facts.held = admitted.guards;
+                if !admitted.delay.is_zero() {
+                    // A leaky bucket releases the request at its rate.
+                    tokio::time::sleep(admitted.delay).await;
+                }
+                Flow::Continue
+            }
+            Err(e) => Flow::Respond(e),
+        }
+    }
+
+    /// The quota headers; a 429 of the gateway's carries its own.
+    fn response(&self, facts: &Facts, resp: &mut Response<'_>) {
+        let Some(q) = &facts.quota else { return };
+        if !resp.proxied && resp.status == 429 {
+            return;
+        }
+        for (name, value) in q.header_fields() {
+            resp.headers.set_static(name, value);
+        }
+    }
+}
 
 /// One `rate_limit` entry of a route, with the local state it counts in. Kept across
 /// reloads while the route keeps the same entry at the same place.
