@@ -12,7 +12,7 @@ use crate::proxy::is_draining;
 use crate::reload::{Outcome, Reloader};
 use crate::runtime::{Runtime, RuntimeHandle};
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -25,20 +25,9 @@ pub struct AdminApp {
     pub access_log: AccessLog,
 }
 
-/// An answer in the envelope. Built field by field rather than with `Response::builder`,
-/// whose error case could only turn into an empty 200.
+/// An answer in the envelope.
 fn envelope(status: u16, message: &str, data: Value) -> Response<Vec<u8>> {
-    let body = json!({"code": status, "message": message, "data": data}).to_string();
-    let len = body.len();
-    let mut r = Response::new(body.into_bytes());
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    r
+    plugins::envelope::response(status, message, &data, &[])
 }
 
 /// Set the gauges that mirror live state (target health, breaker states, bans, the config

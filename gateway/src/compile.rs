@@ -1,28 +1,57 @@
-//! The compile step's checks: every semantic fault of a parsed [`Config`], each with its YAML
-//! path, found by running the compilers the runtime is built with (keys, filters, templates,
-//! rate limits, the Redis URL, addresses). `gateway -t` is [`load`]: read, parse, check.
-//! The config module below it is the file format only and imports nothing of the gateway.
+//! The compile step: a parsed [`Config`] becomes the [`Runtime`] requests use, or every
+//! semantic fault comes back with its YAML path (one error type, [`ConfigErrors`]). The
+//! checks below find what serde cannot (references, addresses, regexes, header names, key
+//! files), then [`Runtime::build`] compiles, keeping the state of what a reload left as it
+//! was. `gateway -t`, the start and every reload go through [`compile`]; the config module
+//! below it is the file format only and imports nothing of the gateway.
 
 use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
     PathMatch, RetryOn, UpstreamConfig,
 };
+use crate::runtime::Runtime;
 use crate::upstream::resolve;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Read, parse and check a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+/// Read and parse a config file (the file format only; [`compile`] checks the rest).
+pub fn read(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             "",
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    let config = parse(&text)?;
-    validate(&config)?;
-    Ok(config)
+    parse(&text)
+}
+
+/// Compile a parsed config: the runtime, or every fault with its YAML path. `previous` is
+/// the running runtime on a reload: what did not change keeps its state.
+pub fn compile(
+    config: &Config,
+    generation: u64,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigErrors> {
+    validate(config)?;
+    build(config, generation, previous)
+}
+
+/// The build half of [`compile`], for a config [`validate`] accepted.
+pub fn build(
+    config: &Config,
+    generation: u64,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigErrors> {
+    Runtime::build(config, generation, previous).map_err(|e| ConfigErrors(vec![at_path(&e)]))
+}
+
+/// A compiler's `path: message` as a fault at that path.
+fn at_path(e: &str) -> ConfigError {
+    match e.split_once(": ") {
+        Some((path, msg)) if !path.is_empty() && !path.contains(' ') => ConfigError::new(path, msg),
+        _ => ConfigError::new("", e),
+    }
 }
 
 /// Retries per request; Pingora caps the tries of one request at 16.

@@ -1,5 +1,14 @@
-//! The gateway daemon as a library: config, routing, upstream pools and the proxy.
-//! The `gateway` binary only wires these together.
+//! The gateway daemon as a library; the `gateway` binary only wires these together.
+//!
+//! A config flows one way: [`config`] (the file format) -> [`compile`] (every fault with its
+//! YAML path, or the build) -> [`runtime`] (routes, their [`policy`] chains, upstreams),
+//! which [`proxy`] reads, one snapshot a request. A reload compiles a new runtime against
+//! the running one, keeping the state of what did not change, and swaps it in.
+//!
+//! A request: [`guard`] times the head; [`proxy`] checks it, normalizes the [`path`], runs
+//! the server's policies, asks the [`router`], runs the route's chain, then tries the
+//! [`upstream`] (breaker, retries, passive and outlier tracking) or hands an aggregate to
+//! [`fanout`]; [`access_log`] and [`metrics`] see its end.
 
 pub mod access_log;
 pub mod admin;

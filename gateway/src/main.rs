@@ -8,7 +8,6 @@ use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::refresh::RefreshService;
 use gateway::reload::{ReloadService, Reloader};
-use gateway::runtime::Runtime;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -98,20 +97,21 @@ fn main() -> ExitCode {
         cli.conf = full;
     }
 
-    let cfg = match gateway::compile::load(&cli.conf) {
-        Ok(c) => c,
-        Err(errs) => {
-            for e in &errs.0 {
-                eprintln!("{}: {e}", cli.conf.display());
-            }
-            eprintln!(
-                "{}: configuration refused ({} error{})",
-                cli.conf.display(),
-                errs.0.len(),
-                if errs.0.len() == 1 { "" } else { "s" }
-            );
-            return ExitCode::from(1);
+    let refuse = |errs: gateway::config::ConfigErrors| {
+        for e in &errs.0 {
+            eprintln!("{}: {e}", cli.conf.display());
         }
+        eprintln!(
+            "{}: configuration refused ({} error{})",
+            cli.conf.display(),
+            errs.0.len(),
+            if errs.0.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(1)
+    };
+    let cfg = match gateway::compile::read(&cli.conf) {
+        Ok(c) => c,
+        Err(errs) => return refuse(errs),
     };
     // Without an address in server.fanout, aggregates go to a fan-out service of this process
     // on a loopback port the OS chooses (checking a config binds nothing).
@@ -133,12 +133,10 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let runtime = match Runtime::build(&cfg, 1, None) {
+    // `-t` is this compile without serving.
+    let runtime = match gateway::compile::compile(&cfg, 1, None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{}: {e}", cli.conf.display());
-            return ExitCode::from(1);
-        }
+        Err(errs) => return refuse(errs),
     };
     if cli.print_paths {
         println!("pid_file={}", cfg.server.pid_file);

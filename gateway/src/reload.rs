@@ -6,7 +6,7 @@
 
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::metrics::METRICS;
-use crate::runtime::{Runtime, RuntimeHandle};
+use crate::runtime::RuntimeHandle;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -137,6 +137,7 @@ impl Reloader {
         let outcome = text.and_then(|text| {
             st.tried_hash = text_hash(&text);
             let cfg = config::parse(&text)?;
+            // Checked before anything else: a file the config names may have gone.
             crate::compile::validate(&cfg)?;
             // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
             let reads_files = cfg
@@ -158,8 +159,7 @@ impl Reloader {
                 return Ok((None, Vec::new()));
             }
             let prev = self.handle.load_full();
-            let rt = Runtime::build(&cfg, st.generation + 1, Some(&prev))
-                .map_err(|e| ConfigErrors(vec![ConfigError::new("", e)]))?;
+            let rt = crate::compile::build(&cfg, st.generation + 1, Some(&prev))?;
             let needs_upgrade = needs_upgrade(&st.config, &cfg);
             Ok((Some((cfg, rt)), needs_upgrade))
         });

@@ -195,7 +195,8 @@ impl Runtime {
             .filter_map(|c| c.bans().map(|b| (b.scope.as_str(), &b.bans)))
     }
 
-    /// Compile a config that [`crate::compile::validate`] accepted. Upstreams that
+    /// Compile a config that [`crate::compile::validate`] accepted (through
+    /// [`crate::compile::compile`], which names the fault's YAML path). Upstreams that
     /// `previous` defines identically are taken over as they are, with their health state,
     /// breaker and connection pool.
     pub fn build(

@@ -57,10 +57,15 @@ impl crate::policy::Policy for Cors {
         std::future::ready(flow)
     }
 
-    fn response(&self, facts: &crate::policy::Facts, resp: &mut crate::policy::Response<'_>) {
+    fn response(
+        &self,
+        facts: &crate::policy::Facts,
+        _: crate::policy::Reply,
+        headers: &mut impl crate::HeaderTarget,
+    ) {
         if let Some(origin) = &facts.cors_origin {
             for (name, value) in self.response_headers(origin.to_str().unwrap_or("")) {
-                resp.headers.set_header(&name, &value);
+                headers.set_header(&name, value);
             }
         }
     }

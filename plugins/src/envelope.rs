@@ -41,14 +41,44 @@ impl GatewayError {
 
     /// The envelope as JSON bytes.
     pub fn body(&self) -> Vec<u8> {
-        let v = serde_json::json!({
-            "code": self.status.as_u16(),
-            "message": self.message,
-            "data": self.data,
-        });
-        // Serializing a Value built from plain strings and numbers cannot fail.
-        serde_json::to_vec(&v).unwrap_or_default()
+        body(self.status.as_u16(), self.message, &self.data, &[])
     }
+}
+
+/// The envelope's bytes: `{"code", "message", "data"}` and `more` fields beside them. The
+/// one writer of the envelope, for the proxy, the admin API and the fan-out service.
+pub fn body(code: u16, message: &str, data: &Value, more: &[(&str, Value)]) -> Vec<u8> {
+    let mut v = serde_json::Map::new();
+    v.insert("code".into(), code.into());
+    v.insert("message".into(), message.into());
+    v.insert("data".into(), data.clone());
+    for (k, val) in more {
+        v.insert((*k).into(), val.clone());
+    }
+    // Serializing a Value built from plain strings and numbers cannot fail.
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// An answer in the envelope as an `http::Response`, JSON type and length set. Built field
+/// by field rather than with `Response::builder`, whose error case could only turn into an
+/// empty 200.
+pub fn response(
+    status: u16,
+    message: &str,
+    data: &Value,
+    more: &[(&str, Value)],
+) -> http::Response<Vec<u8>> {
+    let body = body(status, message, data, more);
+    let len = body.len();
+    let mut r = http::Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
 }
 
 #[cfg(test)]

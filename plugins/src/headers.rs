@@ -11,14 +11,19 @@ pub struct HeaderRules {
 }
 
 impl crate::policy::Policy for HeaderRules {
-    fn upstream_request(&self, _: &crate::policy::Facts, headers: &mut dyn HeaderTarget) {
+    fn upstream_request(&self, _: &crate::policy::Facts, headers: &mut impl HeaderTarget) {
         self.request.apply(headers);
     }
 
     /// The upstream's answers only: the gateway's own answers keep their headers.
-    fn response(&self, _: &crate::policy::Facts, resp: &mut crate::policy::Response<'_>) {
-        if resp.proxied {
-            self.response.apply(resp.headers);
+    fn response(
+        &self,
+        _: &crate::policy::Facts,
+        reply: crate::policy::Reply,
+        headers: &mut impl HeaderTarget,
+    ) {
+        if reply.proxied {
+            self.response.apply(headers);
         }
     }
 }
@@ -60,7 +65,7 @@ impl HeaderOps {
             target.remove_header(name);
         }
         for (name, value) in &self.set {
-            target.set_header(name, value);
+            target.set_header(name, value.clone());
         }
     }
 }
@@ -68,11 +73,11 @@ impl HeaderOps {
 /// Something whose headers can be removed and replaced.
 pub trait HeaderTarget {
     fn remove_header(&mut self, name: &HeaderName);
-    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue);
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue);
     /// Set a header whose name is static lowercase text (some targets keep it without
     /// copying it).
     fn set_static(&mut self, name: &'static str, value: HeaderValue) {
-        self.set_header(&HeaderName::from_static(name), &value);
+        self.set_header(&HeaderName::from_static(name), value);
     }
 }
 
@@ -80,8 +85,8 @@ impl HeaderTarget for http::HeaderMap {
     fn remove_header(&mut self, name: &HeaderName) {
         self.remove(name);
     }
-    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.insert(name.clone(), value.clone());
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.insert(name.clone(), value);
     }
 }
 

@@ -1,8 +1,11 @@
 //! The gateway's policies, each usable and testable without a socket.
 //!
-//! A policy works on plain values (header lists, a status, a JSON payload); the proxy in
-//! the `gateway` crate adapts Pingora's session to them and is the only code that writes
-//! to the wire.
+//! [`Policy`] is the contract of a route's chain: phase hooks that do nothing by default
+//! (request, upstream request, response, logging) on plain values (a request view, header
+//! targets, a status), and a decision, [`Flow`]. The members that need nothing of the
+//! gateway implement it here (IP filter, CORS, header rules); the gateway's `policy` module
+//! holds the chain and the members that need its clock, metrics or stores. The proxy adapts
+//! Pingora's session to these values and is the only code that writes to the wire.
 
 pub mod envelope;
 pub mod headers;

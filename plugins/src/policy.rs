@@ -70,12 +70,12 @@ pub enum Flow {
     Answer(u16, Vec<(HeaderName, HeaderValue)>),
 }
 
-/// The head of an answer on its way to the client.
-pub struct Response<'a> {
+/// Which answer is on its way to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
     pub status: u16,
     /// The upstream's answer (`true`) or one the gateway wrote itself (`false`).
     pub proxied: bool,
-    pub headers: &'a mut dyn HeaderTarget,
 }
 
 /// How a request ended, for the logging phase.
@@ -97,14 +97,14 @@ pub trait Policy: Send + Sync {
 
     /// Edit the head sent upstream; runs before every try, after the gateway's own
     /// forwarding headers.
-    fn upstream_request(&self, facts: &Facts, headers: &mut dyn HeaderTarget) {
+    fn upstream_request(&self, facts: &Facts, headers: &mut impl HeaderTarget) {
         let _ = (facts, headers);
     }
 
     /// Edit the head of the answer: the upstream's, or the gateway's own (a refusal, an
     /// error); runs once, before the head is written.
-    fn response(&self, facts: &Facts, resp: &mut Response<'_>) {
-        let _ = (facts, resp);
+    fn response(&self, facts: &Facts, reply: Reply, headers: &mut impl HeaderTarget) {
+        let _ = (facts, reply, headers);
     }
 
     /// Learn from how the request ended; runs once, after the answer went out.
@@ -192,14 +192,11 @@ mod tests {
         assert!(matches!(flow, Flow::Continue));
         assert_eq!(facts.cors_origin.as_ref().unwrap(), "https://app.example");
         let mut answer = HeaderMap::new();
-        cors.response(
-            &facts,
-            &mut Response {
-                status: 200,
-                proxied: true,
-                headers: &mut answer,
-            },
-        );
+        let reply = Reply {
+            status: 200,
+            proxied: true,
+        };
+        cors.response(&facts, reply, &mut answer);
         assert_eq!(answer["access-control-allow-origin"], "https://app.example");
 
         h.insert("origin", HeaderValue::from_static("https://evil.example"));
@@ -228,14 +225,11 @@ mod tests {
         for proxied in [true, false] {
             let mut answer = HeaderMap::new();
             answer.insert("server", HeaderValue::from_static("app"));
-            rules.response(
-                &facts,
-                &mut Response {
-                    status: 200,
-                    proxied,
-                    headers: &mut answer,
-                },
-            );
+            let reply = Reply {
+                status: 200,
+                proxied,
+            };
+            rules.response(&facts, reply, &mut answer);
             assert_eq!(answer.get("server").is_none(), proxied);
             assert_eq!(answer.get("x-env").is_some(), proxied);
         }

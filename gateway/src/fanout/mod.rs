@@ -15,7 +15,7 @@ use crate::runtime::RuntimeHandle;
 use crate::upstream::TryEnd;
 use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -336,22 +336,12 @@ impl FanoutApp {
     }
 }
 
+/// The envelope with the backends that failed, in `failed` and in a header.
 fn envelope(status: u16, message: &str, data: Value, failed: &[&str]) -> Response<Vec<u8>> {
-    let body =
-        json!({"code": status, "message": message, "data": data, "failed": failed}).to_string();
-    // Field by field: `Response::builder`'s error case could only become an empty 200.
-    let len = body.len();
-    let mut r = Response::new(body.into_bytes());
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    let mut r = plugins::envelope::response(status, message, &data, &[("failed", json!(failed))]);
     if !failed.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
-            h.insert(X_AGGREGATE_FAILED.clone(), v);
+            r.headers_mut().insert(X_AGGREGATE_FAILED.clone(), v);
         }
     }
     r

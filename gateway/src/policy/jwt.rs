@@ -39,11 +39,11 @@ impl Policy for Jwt {
     }
 
     /// A client-sent header of a forwarded claim's name never passes.
-    fn upstream_request(&self, facts: &Facts, headers: &mut dyn HeaderTarget) {
+    fn upstream_request(&self, facts: &Facts, headers: &mut impl HeaderTarget) {
         for (name, value) in self.verifier.forwarded(facts.claims.as_deref()) {
             headers.remove_header(name);
             if let Some(v) = value {
-                headers.set_header(name, &v);
+                headers.set_header(name, v);
             }
         }
     }

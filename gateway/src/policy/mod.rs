@@ -16,7 +16,7 @@
 //! Envoy runs its encoder filters: the member nearest the upstream sees the answer first.
 //!
 //! A new policy is a file here (or in `plugins`) implementing [`Policy`], a variant of
-//! [`Member`], and its place in [`compile`](crate::runtime)'s list. Dispatch is a `match`,
+//! [`Member`], and its place in the list `runtime::route_chain` builds. Dispatch is a `match`,
 //! not a virtual call: no future is boxed, and a route without policies costs one empty loop.
 
 pub mod ban;
@@ -25,7 +25,7 @@ pub mod ratelimit;
 
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
-use plugins::policy::{Outcome, Request, Response};
+use plugins::policy::{Outcome, Reply, Request};
 use plugins::{Facts, Flow, HeaderRules, HeaderTarget, Policy};
 
 /// One policy of a chain.
@@ -67,6 +67,10 @@ impl Chain {
         &self.members
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     /// The request phase: each member in order until one refuses or answers.
     pub async fn request(&self, req: &Request<'_>, facts: &mut Facts) -> Flow {
         for m in &self.members {
@@ -78,16 +82,16 @@ impl Chain {
         Flow::Continue
     }
 
-    pub fn upstream_request(&self, facts: &Facts, headers: &mut dyn HeaderTarget) {
+    pub fn upstream_request(&self, facts: &Facts, headers: &mut impl HeaderTarget) {
         for m in &self.members {
             each!(m, p => p.upstream_request(facts, headers));
         }
     }
 
     /// Backwards: the member nearest the upstream first.
-    pub fn response(&self, facts: &Facts, resp: &mut Response<'_>) {
+    pub fn response(&self, facts: &Facts, reply: Reply, headers: &mut impl HeaderTarget) {
         for m in self.members.iter().rev() {
-            each!(m, p => p.response(facts, resp));
+            each!(m, p => p.response(facts, reply, headers));
         }
     }
 

@@ -6,13 +6,13 @@ use crate::config::{LimitStore, OnStoreError, RateLimitConfig};
 use crate::metrics::METRICS;
 use crate::store::RedisStore;
 use pingora_prometheus::prometheus::IntCounter;
-use plugins::policy::{Request, Response};
+use plugins::policy::{Reply, Request};
 use plugins::ratelimit::shared::Script;
 use plugins::ratelimit::Guard;
 use plugins::ratelimit::{
     Algorithm, LimitKey, LimitSpec, Limiter, QuotaHeaders, RequestKeys, Subject, Tiers, Verdict,
 };
-use plugins::{Facts, Flow, GatewayError, Policy};
+use plugins::{Facts, Flow, GatewayError, HeaderTarget, Policy};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -51,13 +51,13 @@ impl Policy for RateLimits {
     }
 
     /// The quota headers; a 429 of the gateway's carries its own.
-    fn response(&self, facts: &Facts, resp: &mut Response<'_>) {
+    fn response(&self, facts: &Facts, reply: Reply, headers: &mut impl HeaderTarget) {
         let Some(q) = &facts.quota else { return };
-        if !resp.proxied && resp.status == 429 {
+        if !reply.proxied && reply.status == 429 {
             return;
         }
         for (name, value) in q.header_fields() {
-            resp.headers.set_static(name, value);
+            headers.set_static(name, value);
         }
     }
 }

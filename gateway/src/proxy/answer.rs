@@ -10,7 +10,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
-use plugins::policy::Response;
+use plugins::policy::Reply;
 use plugins::GatewayError;
 
 static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
@@ -89,15 +89,16 @@ pub fn status_error(code: u16) -> GatewayError {
 impl Ctx {
     /// Let the route's policies, then the server's, edit an answer's head.
     pub(super) fn policies_see(&self, resp: &mut ResponseHeader, proxied: bool) {
-        let status = resp.status.as_u16();
-        let mut view = Response {
-            status,
+        let reply = Reply {
+            status: resp.status.as_u16(),
             proxied,
-            headers: &mut RespHeaders(resp),
         };
+        let headers = &mut RespHeaders(resp);
         if let Some(route) = self.route() {
-            route.chain.response(&self.facts, &mut view);
+            route.chain.response(&self.facts, reply, headers);
         }
-        self.rt.chain.response(&self.facts, &mut view);
+        if !self.rt.chain.is_empty() {
+            self.rt.chain.response(&self.facts, reply, headers);
+        }
     }
 }

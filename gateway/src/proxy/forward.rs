@@ -179,8 +179,8 @@ impl HeaderTarget for ReqHeaders<'_> {
     fn remove_header(&mut self, name: &HeaderName) {
         self.0.remove_header(name);
     }
-    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue) {
-        let _ = self.0.insert_header(name.clone(), value.clone());
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        let _ = self.0.insert_header(name.clone(), value);
     }
     fn set_static(&mut self, name: &'static str, value: HeaderValue) {
         let _ = self.0.insert_header(name, value);
@@ -191,8 +191,8 @@ impl HeaderTarget for RespHeaders<'_> {
     fn remove_header(&mut self, name: &HeaderName) {
         self.0.remove_header(name);
     }
-    fn set_header(&mut self, name: &HeaderName, value: &HeaderValue) {
-        let _ = self.0.insert_header(name.clone(), value.clone());
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        let _ = self.0.insert_header(name.clone(), value);
     }
     fn set_static(&mut self, name: &'static str, value: HeaderValue) {
         let _ = self.0.insert_header(name, value);

@@ -4,12 +4,12 @@
 //! implemented (as Pingora's own `proxy_trait.rs` does), then what the gateway does there.
 //! The work lives beside this file, one concern a module:
 //!
-//! - [`head`]: framing and size checks, the normal path, the host to route by, keep-alive;
-//! - [`trace`]: the request id and the W3C trace context;
+//! - `head`: framing and size checks, the normal path, the host to route by, keep-alive;
+//! - `trace`: the request id and the W3C trace context;
 //! - the route's policies: [`crate::policy`] (the chain) on [`plugins::Policy`];
-//! - [`attempt`]: the upstream tries (breaker, retries, passive tracking) as one type;
-//! - [`forward`]: the target and headers sent upstream, the aggregate hand-off, the mirror;
-//! - [`answer`]: every answer the gateway writes itself, in the envelope.
+//! - `attempt`: the upstream tries (breaker, retries, passive tracking) as one type;
+//! - `forward`: the target and headers sent upstream, the aggregate hand-off, the mirror;
+//! - `answer`: every answer the gateway writes itself, in the envelope.
 
 mod answer;
 mod attempt;
@@ -520,10 +520,12 @@ impl Gateway {
         let Ctx {
             rt, facts, route, ..
         } = ctx;
-        if let decided @ (Flow::Respond(_) | Flow::Answer(..)) =
-            rt.chain.request(&view, facts).await
-        {
-            return decided;
+        if !rt.chain.is_empty() {
+            if let decided @ (Flow::Respond(_) | Flow::Answer(..)) =
+                rt.chain.request(&view, facts).await
+            {
+                return decided;
+            }
         }
         *route = rt.router.find(&RequestView {
             host,
@@ -532,6 +534,7 @@ impl Gateway {
             headers: view.headers,
         });
         match *route {
+            Some(idx) if rt.routes[idx].chain.is_empty() => Flow::Continue,
             Some(idx) => rt.routes[idx].chain.request(&view, facts).await,
             None => Flow::Respond(status_error(404)),
         }
