@@ -9,11 +9,20 @@ use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
     PathMatch, RetryOn, UpstreamConfig,
 };
-use crate::runtime::Runtime;
+use crate::config::{CorsConfig, IpFilterConfig, JwtConfig};
+use crate::runtime::{Parts, RouteParts, Runtime};
+use crate::store::RedisStore;
 use crate::upstream::resolve;
+use crate::upstream::HashKey;
+use plugins::cors::Cors;
+use plugins::ipfilter::IpFilter;
+use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
+use plugins::ratelimit::LimitSpec;
+use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 /// Read and parse a config file (the file format only; [`compile`] checks the rest).
 pub fn read(path: &Path) -> Result<Config, ConfigErrors> {
@@ -33,17 +42,18 @@ pub fn compile(
     generation: u64,
     previous: Option<&Runtime>,
 ) -> Result<Runtime, ConfigErrors> {
-    validate(config)?;
-    build(config, generation, previous)
+    let parts = check(config)?;
+    build(config, generation, previous, parts)
 }
 
-/// The build half of [`compile`], for a config [`validate`] accepted.
+/// The build half of [`compile`]: the runtime, from the parts [`check`] compiled.
 pub fn build(
     config: &Config,
     generation: u64,
     previous: Option<&Runtime>,
+    parts: Parts,
 ) -> Result<Runtime, ConfigErrors> {
-    Runtime::build(config, generation, previous).map_err(|e| ConfigErrors(vec![at_path(&e)]))
+    Runtime::build(config, generation, previous, parts).map_err(|e| ConfigErrors(vec![at_path(&e)]))
 }
 
 /// A compiler's `path: message` as a fault at that path.
@@ -59,7 +69,14 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// Check everything that serde cannot: references, addresses, regexes, header names.
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
+    check(config).map(drop)
+}
+
+/// The checks, compiling on their way what the build takes as it is ([`Parts`]): every
+/// fault with its YAML path, or the parts.
+pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
     let mut errs = Vec::new();
+    let mut parts = Parts::default();
     let s = &config.server;
     if s.listen.is_empty() && s.tls.is_empty() {
         errs.push(ConfigError::new(
@@ -143,11 +160,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         ));
     }
     if let Some(r) = &s.redis {
-        if let Err(e) = crate::store::RedisStore::new(
-            r.url.expose(),
-            std::time::Duration::from_millis(r.timeout_ms),
-        ) {
-            errs.push(ConfigError::new("server.redis.url", e));
+        match RedisStore::new(r.url.expose(), Duration::from_millis(r.timeout_ms)) {
+            Ok(store) => parts.redis = Some(store),
+            Err(e) => errs.push(ConfigError::new("server.redis.url", e)),
         }
         nonzero(
             &mut errs,
@@ -162,8 +177,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
     if let Some(f) = &s.ip_filter {
-        if let Err((path, e)) = crate::runtime::ip_filter(f) {
-            errs.push(ConfigError::new(format!("server.ip_filter.{path}"), e));
+        match ip_filter(f) {
+            Ok(filter) => parts.ip_filter = Some(filter),
+            Err((path, e)) => errs.push(ConfigError::new(format!("server.ip_filter.{path}"), e)),
         }
         check_auto_ban(&mut errs, "server.ip_filter", f);
     }
@@ -190,6 +206,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     let mut names = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
+        let mut rp = RouteParts::default();
         if r.name.is_empty() {
             errs.push(ConfigError::new(format!("{p}.name"), "must not be empty"));
         } else if !names.insert(r.name.as_str()) {
@@ -241,8 +258,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     format!("{p}.sticky_key"),
                     "only used with split",
                 ));
-            } else if let Err(e) = crate::upstream::HashKey::parse(k) {
-                errs.push(ConfigError::new(format!("{p}.sticky_key"), e));
+            } else {
+                match HashKey::parse(k) {
+                    Ok(key) => rp.sticky = Some(key),
+                    Err(e) => errs.push(ConfigError::new(format!("{p}.sticky_key"), e)),
+                }
             }
         }
         if let Some(m) = &r.mirror {
@@ -316,18 +336,24 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             }
         }
         if let Some(j) = &r.plugins.jwt {
-            if let Err((path, e)) = crate::runtime::jwt(j) {
-                let at = if path.is_empty() {
-                    format!("{p}.plugins.jwt")
-                } else {
-                    format!("{p}.plugins.jwt.{path}")
-                };
-                errs.push(ConfigError::new(at, e));
+            match jwt(j) {
+                Ok(verifier) => rp.jwt = Some(verifier),
+                Err((path, e)) => {
+                    let at = if path.is_empty() {
+                        format!("{p}.plugins.jwt")
+                    } else {
+                        format!("{p}.plugins.jwt.{path}")
+                    };
+                    errs.push(ConfigError::new(at, e));
+                }
             }
         }
         if let Some(f) = &r.plugins.ip_filter {
-            if let Err((path, e)) = crate::runtime::ip_filter(f) {
-                errs.push(ConfigError::new(format!("{p}.plugins.ip_filter.{path}"), e));
+            match ip_filter(f) {
+                Ok(filter) => rp.ip_filter = Some(filter),
+                Err((path, e)) => {
+                    errs.push(ConfigError::new(format!("{p}.plugins.ip_filter.{path}"), e))
+                }
             }
             check_auto_ban(&mut errs, &format!("{p}.plugins.ip_filter"), f);
         }
@@ -344,18 +370,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     "browsers refuse credentials with a * origin; list the origins",
                 ));
             }
-            if let Err(e) = crate::runtime::cors(c) {
-                errs.push(ConfigError::new(format!("{p}.plugins.cors"), e));
+            match cors(c) {
+                Ok(cors) => rp.cors = Some(cors),
+                Err(e) => errs.push(ConfigError::new(format!("{p}.plugins.cors"), e)),
             }
         }
         for (j, l) in r.plugins.rate_limit.iter().enumerate() {
-            check_rate_limit(
-                &mut errs,
-                &format!("{p}.plugins.rate_limit[{j}]"),
-                l,
-                r,
-                config,
-            );
+            let at = format!("{p}.plugins.rate_limit[{j}]");
+            if let Some(spec) = check_rate_limit(&mut errs, &at, l, r, config) {
+                rp.limits.push(spec);
+            }
         }
         if let Some(sp) = &r.strip_prefix {
             if !sp.starts_with('/') || sp.len() < 2 {
@@ -365,16 +389,19 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 ));
             }
         }
-        check_header_ops(
-            &mut errs,
-            &format!("{p}.headers.request"),
-            &r.headers.request,
-        );
-        check_header_ops(
-            &mut errs,
-            &format!("{p}.headers.response"),
-            &r.headers.response,
-        );
+        rp.headers = HeaderRules {
+            request: header_ops(
+                &mut errs,
+                &format!("{p}.headers.request"),
+                &r.headers.request,
+            ),
+            response: header_ops(
+                &mut errs,
+                &format!("{p}.headers.response"),
+                &r.headers.response,
+            ),
+        };
+        parts.routes.push(rp);
     }
 
     for (field, addr) in [("listen", &s.fanout.listen), ("target", &s.fanout.target)] {
@@ -441,7 +468,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     }
 
     if errs.is_empty() {
-        Ok(())
+        Ok(parts)
     } else {
         Err(ConfigErrors(errs))
     }
@@ -697,15 +724,16 @@ fn check_rate_limit(
     l: &crate::config::RateLimitConfig,
     route: &crate::config::RouteConfig,
     config: &Config,
-) {
+) -> Option<LimitSpec> {
     use plugins::ratelimit::Algorithm;
-    let algorithm = match crate::policy::ratelimit::rate_limit(l) {
-        Ok(spec) => spec.algorithm,
+    let spec = match crate::policy::ratelimit::rate_limit(l) {
+        Ok(spec) => spec,
         Err((field, e)) => {
             errs.push(ConfigError::new(format!("{p}.{field}"), e));
-            return;
+            return None;
         }
     };
+    let algorithm = spec.algorithm;
     nonzero(
         errs,
         p,
@@ -761,6 +789,7 @@ fn check_rate_limit(
             ));
         }
     }
+    Some(spec)
 }
 
 const AT_LEAST_ONE: &str = "must be at least 1";
@@ -781,29 +810,146 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
     }
 }
 
-fn check_header_ops(errs: &mut Vec<ConfigError>, p: &str, ops: &HeaderOpsConfig) {
+/// The header rules of one direction: each name and value checked, the valid ones kept.
+fn header_ops(errs: &mut Vec<ConfigError>, p: &str, ops: &HeaderOpsConfig) -> HeaderOps {
+    let mut out = HeaderOps::default();
     for (name, value) in &ops.set {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        let n = http::HeaderName::from_bytes(name.as_bytes());
+        if n.is_err() {
             errs.push(ConfigError::new(
                 format!("{p}.set.{name}"),
                 "invalid header name",
             ));
         }
-        if http::HeaderValue::from_str(value).is_err() {
+        let v = http::HeaderValue::from_str(value);
+        if v.is_err() {
             errs.push(ConfigError::new(
                 format!("{p}.set.{name}"),
                 "invalid header value",
             ));
         }
-    }
-    for (i, name) in ops.remove.iter().enumerate() {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errs.push(ConfigError::new(
-                format!("{p}.remove[{i}]"),
-                "invalid header name",
-            ));
+        if let (Ok(n), Ok(v)) = (n, v) {
+            out.set.push((n, v));
         }
     }
+    for (i, name) in ops.remove.iter().enumerate() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => out.remove.push(n),
+            Err(_) => errs.push(ConfigError::new(
+                format!("{p}.remove[{i}]"),
+                "invalid header name",
+            )),
+        }
+    }
+    out
+}
+
+/// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
+fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
+    let parse = |list: &[String], field: &str| -> Result<Vec<ipnet::IpNet>, (String, String)> {
+        list.iter()
+            .enumerate()
+            .map(|(i, n)| plugins::ipfilter::parse_net(n).map_err(|e| (format!("{field}[{i}]"), e)))
+            .collect()
+    };
+    let allow = parse(&cfg.allow, "allow")?;
+    let mut deny = parse(&cfg.deny, "deny")?;
+    if let Some(file) = &cfg.deny_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ("deny_file".to_string(), format!("cannot read {file}: {e}")))?;
+        deny.extend(
+            plugins::ipfilter::parse_list(&text)
+                .map_err(|e| ("deny_file".to_string(), format!("{file}: {e}")))?,
+        );
+    }
+    Ok(IpFilter::new(allow, deny))
+}
+
+/// Compile a `jwt` block, reading its key; the error names the field.
+fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
+    let k = &cfg.keys;
+    let owned: Vec<u8>;
+    let text: String;
+    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
+        (None, None, None) if k.jwks_url.is_some() => {
+            let url = k
+                .jwks_url
+                .clone()
+                .unwrap_or_else(|| crate::config::SecretUrl::new(""));
+            crate::jwks::JwksUrl::parse(&url).map_err(|e| ("keys.jwks_url".into(), e))?;
+            if let Some(ca) = &k.ca_file {
+                crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?;
+            }
+            KeySource::JwksLater
+        }
+        _ if k.jwks_url.is_some() => {
+            return Err((
+                "keys".into(),
+                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
+            ))
+        }
+        (Some(var), None, None) => {
+            owned = std::env::var(var)
+                .map_err(|_| {
+                    (
+                        "keys.secret_env".into(),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?
+                .into_bytes();
+            KeySource::Secret(&owned)
+        }
+        (None, Some(file), None) => {
+            owned = std::fs::read(file).map_err(|e| {
+                (
+                    "keys.public_key_pem".into(),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+            KeySource::PublicPem(&owned)
+        }
+        (None, None, Some(file)) => {
+            text = std::fs::read_to_string(file)
+                .map_err(|e| ("keys.jwks_file".into(), format!("cannot read {file}: {e}")))?;
+            KeySource::Jwks(&text)
+        }
+        _ => {
+            return Err((
+                "keys".into(),
+                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
+            ))
+        }
+    };
+    let forward: Vec<(String, String)> = cfg
+        .forward_claims
+        .iter()
+        .map(|(c, h)| (c.clone(), h.clone()))
+        .collect();
+    JwtVerifier::new(
+        source,
+        &JwtSettings {
+            algorithms: &cfg.algorithms,
+            issuer: cfg.issuer.as_deref(),
+            audience: cfg.audience.as_deref(),
+            leeway_secs: cfg.leeway_secs,
+            require_exp: cfg.require_exp,
+            optional: cfg.optional,
+            forward_claims: &forward,
+            cache_size: cfg.cache_tokens,
+        },
+    )
+}
+
+/// Compile a `cors` block.
+fn cors(c: &CorsConfig) -> Result<Cors, String> {
+    Cors::new(
+        &c.origins,
+        &c.methods,
+        &c.headers,
+        &c.expose_headers,
+        c.credentials,
+        c.max_age_secs,
+    )
 }
 
 #[cfg(test)]

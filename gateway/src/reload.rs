@@ -138,7 +138,7 @@ impl Reloader {
             st.tried_hash = text_hash(&text);
             let cfg = config::parse(&text)?;
             // Checked before anything else: a file the config names may have gone.
-            crate::compile::validate(&cfg)?;
+            let parts = crate::compile::check(&cfg)?;
             // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
             let reads_files = cfg
                 .server
@@ -159,7 +159,7 @@ impl Reloader {
                 return Ok((None, Vec::new()));
             }
             let prev = self.handle.load_full();
-            let rt = crate::compile::build(&cfg, st.generation + 1, Some(&prev))?;
+            let rt = crate::compile::build(&cfg, st.generation + 1, Some(&prev), parts)?;
             let needs_upgrade = needs_upgrade(&st.config, &cfg);
             Ok((Some((cfg, rt)), needs_upgrade))
         });

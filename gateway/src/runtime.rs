@@ -4,7 +4,7 @@
 //! in a new one never changes a request halfway.
 
 use crate::aggregate::Aggregate;
-use crate::config::{Config, CorsConfig, IpFilterConfig, JwtConfig, RedisConfig, UpstreamConfig};
+use crate::config::{Config, IpFilterConfig, RedisConfig, UpstreamConfig};
 use crate::jwks::RemoteJwks;
 use crate::policy::ban::Ban;
 use crate::policy::jwt::Jwt;
@@ -18,8 +18,9 @@ use http::HeaderValue;
 use plugins::autoban::{AutoBan, AutoBanSettings};
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
-use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
-use plugins::{HeaderOps, HeaderRules};
+use plugins::jwt::JwtVerifier;
+use plugins::ratelimit::LimitSpec;
+use plugins::HeaderRules;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,30 @@ static LOCAL_FANOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Set once at start, before the first compile.
 pub fn set_local_fanout(addr: String) {
     let _ = LOCAL_FANOUT.set(addr);
+}
+
+/// What the compile step's checks compiled on their way (a fault each where they could
+/// not), for [`Runtime::build`] to use as it is: each of these compilers runs once a config.
+#[derive(Default)]
+pub struct Parts {
+    /// The store `server.redis` names (unconnected until its first call).
+    pub redis: Option<RedisStore>,
+    /// `server.ip_filter`.
+    pub ip_filter: Option<IpFilter>,
+    /// By route, in the order of `routes`.
+    pub routes: Vec<RouteParts>,
+}
+
+/// One route's compiled pieces.
+#[derive(Default)]
+pub struct RouteParts {
+    pub sticky: Option<HashKey>,
+    pub ip_filter: Option<IpFilter>,
+    pub cors: Option<Cors>,
+    pub jwt: Option<JwtVerifier>,
+    /// One a `rate_limit` entry, in order.
+    pub limits: Vec<LimitSpec>,
+    pub headers: HeaderRules,
 }
 
 /// The shared, swappable pointer to the current Runtime.
@@ -195,35 +220,26 @@ impl Runtime {
             .filter_map(|c| c.bans().map(|b| (b.scope.as_str(), &b.bans)))
     }
 
-    /// Compile a config that [`crate::compile::validate`] accepted (through
-    /// [`crate::compile::compile`], which names the fault's YAML path). Upstreams that
-    /// `previous` defines identically are taken over as they are, with their health state,
-    /// breaker and connection pool.
+    /// Build the runtime of a config the checks accepted, from the `parts` they compiled
+    /// (through [`crate::compile::compile`], which names a fault's YAML path). What
+    /// `previous` holds under the same name with the same settings is taken over as it is:
+    /// upstreams with their health state, breaker and connection pool; limiters with their
+    /// counters; ban tables; keys fetched from a URL; the Redis connection.
     pub fn build(
         config: &Config,
         generation: u64,
         previous: Option<&Runtime>,
+        parts: Parts,
     ) -> Result<Runtime, String> {
-        let redis = match &config.server.redis {
-            Some(cfg) => Some(
-                match previous
-                    .and_then(|p| p.redis.as_ref())
-                    .filter(|(c, _)| c == cfg)
-                {
-                    Some(kept) => kept.clone(),
-                    None => (
-                        cfg.clone(),
-                        Arc::new(
-                            RedisStore::new(
-                                cfg.url.expose(),
-                                Duration::from_millis(cfg.timeout_ms),
-                            )
-                            .map_err(|e| format!("server.redis.url: {e}"))?,
-                        ),
-                    ),
-                },
-            ),
-            None => None,
+        let kept_redis = previous
+            .and_then(|p| p.redis.as_ref())
+            .filter(|(c, _)| config.server.redis.as_ref() == Some(c))
+            .cloned();
+        let redis = match (&config.server.redis, kept_redis, parts.redis) {
+            (_, Some(kept), _) => Some(kept),
+            (Some(cfg), None, Some(store)) => Some((cfg.clone(), Arc::new(store))),
+            (Some(_), None, None) => return Err("server.redis.url: not compiled".into()),
+            (None, ..) => None,
         };
         let mut upstreams = HashMap::new();
         for (name, cfg) in &config.upstreams {
@@ -276,7 +292,9 @@ impl Runtime {
             );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut route_parts = parts.routes.into_iter();
         for (i, r) in config.routes.iter().enumerate() {
+            let rp = route_parts.next().unwrap_or_default();
             let find = |name: &str| {
                 upstreams
                     .get(name)
@@ -302,10 +320,7 @@ impl Runtime {
                 }
                 (None, None) => return Err(format!("routes[{i}]: no upstream")),
             }
-            let sticky = match &r.sticky_key {
-                Some(k) => Some(HashKey::parse(k).map_err(|e| format!("routes[{i}]: {e}"))?),
-                None => None,
-            };
+            let sticky = rp.sticky.clone();
             let mirror = match &r.mirror {
                 Some(m) => Some(Mirror {
                     upstream: find(&m.upstream)?,
@@ -316,7 +331,7 @@ impl Runtime {
             let before = previous
                 .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
                 .map(|old| &old.chain);
-            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s))
+            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s), rp)
                 .map_err(|e| format!("routes[{i}].{e}"))?;
             routes.push(Route {
                 duration: crate::metrics::METRICS
@@ -374,14 +389,12 @@ impl Runtime {
                 .iter()
                 .map(|n| plugins::ipfilter::parse_net(n))
                 .collect::<Result<_, _>>()?,
-            chain: Chain::new(
-                filter_members(
-                    "server",
-                    config.server.ip_filter.as_ref(),
-                    previous.map(|p| &p.chain),
-                )
-                .map_err(|(p, e)| format!("server.ip_filter.{p}: {e}"))?,
-            ),
+            chain: Chain::new(filter_members(
+                "server",
+                config.server.ip_filter.as_ref(),
+                parts.ip_filter,
+                previous.map(|p| &p.chain),
+            )),
             redis,
             generation,
         })
@@ -393,12 +406,13 @@ impl Runtime {
 fn filter_members(
     scope: &str,
     f: Option<&IpFilterConfig>,
+    filter: Option<IpFilter>,
     before: Option<&Chain>,
-) -> Result<Vec<Member>, (String, String)> {
-    let Some(f) = f else {
-        return Ok(Vec::new());
+) -> Vec<Member> {
+    let (Some(f), Some(filter)) = (f, filter) else {
+        return Vec::new();
     };
-    let mut members = vec![Member::IpFilter(ip_filter(f)?)];
+    let mut members = vec![Member::IpFilter(filter)];
     if let Some(b) = &f.auto_ban {
         let settings = AutoBanSettings {
             threshold: b.threshold,
@@ -418,7 +432,7 @@ fn filter_members(
             bans,
         }));
     }
-    Ok(members)
+    members
 }
 
 /// A route's chain, in the order [`crate::policy`] documents; what the previous chain of
@@ -428,131 +442,27 @@ fn route_chain(
     r: &crate::config::RouteConfig,
     before: Option<&Chain>,
     redis: Option<&Arc<RedisStore>>,
+    parts: RouteParts,
 ) -> Result<Chain, String> {
     let p = &r.plugins;
-    let mut members = filter_members(&r.name, p.ip_filter.as_ref(), before)
-        .map_err(|(f, e)| format!("plugins.ip_filter.{f}: {e}"))?;
-    if let Some(c) = &p.cors {
-        members.push(Member::Cors(
-            cors(c).map_err(|e| format!("plugins.cors: {e}"))?,
-        ));
+    let mut members = filter_members(&r.name, p.ip_filter.as_ref(), parts.ip_filter, before);
+    if let Some(c) = parts.cors {
+        members.push(Member::Cors(c));
     }
-    if let Some(j) = route_jwt(r, before).map_err(|(f, e)| format!("plugins.jwt.{f}: {e}"))? {
+    if let Some(j) = route_jwt(r, before, parts.jwt).map_err(|e| format!("plugins.jwt.{e}"))? {
         members.push(Member::Jwt(j));
     }
     if !p.rate_limit.is_empty() {
         members.push(Member::RateLimit(RateLimits {
-            limits: route_limits(r, before).map_err(|e| format!("plugins.rate_limit{e}"))?,
+            limits: route_limits(r, before, parts.limits),
             redis: redis.cloned(),
         }));
     }
-    let h = &r.headers;
-    let rules = HeaderRules {
-        request: HeaderOps::new(&h.request.set, &h.request.remove)
-            .map_err(|e| format!("headers.request: {e}"))?,
-        response: HeaderOps::new(&h.response.set, &h.response.remove)
-            .map_err(|e| format!("headers.response: {e}"))?,
-    };
+    let rules = parts.headers;
     if !rules.request.is_empty() || !rules.response.is_empty() {
         members.push(Member::Headers(rules));
     }
     Ok(Chain::new(members))
-}
-
-/// Compile an `ip_filter` block; the error names the field (`allow[2]`, `deny_file`).
-pub fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
-    let parse = |list: &[String], field: &str| -> Result<Vec<ipnet::IpNet>, (String, String)> {
-        list.iter()
-            .enumerate()
-            .map(|(i, n)| plugins::ipfilter::parse_net(n).map_err(|e| (format!("{field}[{i}]"), e)))
-            .collect()
-    };
-    let allow = parse(&cfg.allow, "allow")?;
-    let mut deny = parse(&cfg.deny, "deny")?;
-    if let Some(file) = &cfg.deny_file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ("deny_file".to_string(), format!("cannot read {file}: {e}")))?;
-        deny.extend(
-            plugins::ipfilter::parse_list(&text)
-                .map_err(|e| ("deny_file".to_string(), format!("{file}: {e}")))?,
-        );
-    }
-    Ok(IpFilter::new(allow, deny))
-}
-
-/// Compile a `jwt` block, reading its key; the error names the field.
-pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
-    let k = &cfg.keys;
-    let owned: Vec<u8>;
-    let text: String;
-    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
-        (None, None, None) if k.jwks_url.is_some() => {
-            let url = k
-                .jwks_url
-                .clone()
-                .unwrap_or_else(|| crate::config::SecretUrl::new(""));
-            crate::jwks::JwksUrl::parse(&url).map_err(|e| ("keys.jwks_url".into(), e))?;
-            if let Some(ca) = &k.ca_file {
-                crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?;
-            }
-            KeySource::JwksLater
-        }
-        _ if k.jwks_url.is_some() => {
-            return Err((
-                "keys".into(),
-                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
-            ))
-        }
-        (Some(var), None, None) => {
-            owned = std::env::var(var)
-                .map_err(|_| {
-                    (
-                        "keys.secret_env".into(),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?
-                .into_bytes();
-            KeySource::Secret(&owned)
-        }
-        (None, Some(file), None) => {
-            owned = std::fs::read(file).map_err(|e| {
-                (
-                    "keys.public_key_pem".into(),
-                    format!("cannot read {file}: {e}"),
-                )
-            })?;
-            KeySource::PublicPem(&owned)
-        }
-        (None, None, Some(file)) => {
-            text = std::fs::read_to_string(file)
-                .map_err(|e| ("keys.jwks_file".into(), format!("cannot read {file}: {e}")))?;
-            KeySource::Jwks(&text)
-        }
-        _ => {
-            return Err((
-                "keys".into(),
-                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
-            ))
-        }
-    };
-    let forward: Vec<(String, String)> = cfg
-        .forward_claims
-        .iter()
-        .map(|(c, h)| (c.clone(), h.clone()))
-        .collect();
-    JwtVerifier::new(
-        source,
-        &JwtSettings {
-            algorithms: &cfg.algorithms,
-            issuer: cfg.issuer.as_deref(),
-            audience: cfg.audience.as_deref(),
-            leeway_secs: cfg.leeway_secs,
-            require_exp: cfg.require_exp,
-            optional: cfg.optional,
-            forward_claims: &forward,
-            cache_size: cfg.cache_tokens,
-        },
-    )
 }
 
 /// The route's JWT policy. Keys from a URL are kept across a reload that leaves the `jwt`
@@ -560,13 +470,14 @@ pub fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
 fn route_jwt(
     r: &crate::config::RouteConfig,
     before: Option<&Chain>,
-) -> Result<Option<Jwt>, (String, String)> {
-    let Some(cfg) = &r.plugins.jwt else {
+    verifier: Option<JwtVerifier>,
+) -> Result<Option<Jwt>, String> {
+    let (Some(cfg), Some(verifier)) = (&r.plugins.jwt, verifier) else {
         return Ok(None);
     };
     let Some(url) = &cfg.keys.jwks_url else {
         return Ok(Some(Jwt {
-            verifier: Arc::new(jwt(cfg)?),
+            verifier: Arc::new(verifier),
             remote: None,
         }));
     };
@@ -579,7 +490,7 @@ fn route_jwt(
             remote: old.remote.clone(),
         }));
     }
-    let verifier = Arc::new(jwt(cfg)?);
+    let verifier = Arc::new(verifier);
     let k = &cfg.keys;
     let remote = RemoteJwks::new(
         &r.name,
@@ -590,7 +501,7 @@ fn route_jwt(
         Duration::from_millis(k.timeout_ms.max(1)),
         k.ca_file.as_deref(),
     )
-    .map_err(|e| ("keys.jwks_url".to_string(), e))?;
+    .map_err(|e| format!("keys.jwks_url: {e}"))?;
     Ok(Some(Jwt {
         verifier,
         remote: Some((cfg.clone(), Arc::new(remote))),
@@ -602,7 +513,8 @@ fn route_jwt(
 fn route_limits(
     r: &crate::config::RouteConfig,
     before: Option<&Chain>,
-) -> Result<Vec<Arc<RouteLimit>>, String> {
+    specs: Vec<LimitSpec>,
+) -> Vec<Arc<RouteLimit>> {
     let old: &[Arc<RouteLimit>] = before
         .and_then(Chain::rate_limits)
         .map_or(&[], |l| &l.limits);
@@ -610,8 +522,9 @@ fn route_limits(
     r.plugins
         .rate_limit
         .iter()
+        .zip(specs)
         .enumerate()
-        .map(|(j, cfg)| {
+        .map(|(j, (cfg, spec))| {
             let kept = old
                 .iter()
                 .enumerate()
@@ -620,26 +533,9 @@ fn route_limits(
                     taken[i] = true;
                     old[i].clone()
                 });
-            match kept {
-                Some(kept) => Ok(kept),
-                None => RouteLimit::new(&r.name, j, cfg)
-                    .map(Arc::new)
-                    .map_err(|e| format!("[{j}].{e}")),
-            }
+            kept.unwrap_or_else(|| Arc::new(RouteLimit::new(&r.name, j, cfg, spec)))
         })
         .collect()
-}
-
-/// Compile a `cors` block.
-pub fn cors(c: &CorsConfig) -> Result<Cors, String> {
-    Cors::new(
-        &c.origins,
-        &c.methods,
-        &c.headers,
-        &c.expose_headers,
-        c.credentials,
-        c.max_age_secs,
-    )
 }
 
 #[cfg(test)]
@@ -648,8 +544,7 @@ mod tests {
 
     fn build(yaml: &str, previous: Option<&Runtime>) -> Runtime {
         let config = crate::config::parse(yaml).expect("config parses");
-        crate::compile::validate(&config).expect("config is valid");
-        Runtime::build(&config, 1, previous).expect("config compiles")
+        crate::compile::compile(&config, 1, previous).expect("config compiles")
     }
 
     #[test]

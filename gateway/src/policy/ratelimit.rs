@@ -79,16 +79,16 @@ pub struct RouteLimit {
 const STORE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 
 impl RouteLimit {
-    pub fn new(route: &str, index: usize, cfg: &RateLimitConfig) -> Result<RouteLimit, String> {
-        let spec = rate_limit(cfg).map_err(|(f, e)| format!("{f}: {e}"))?;
-        Ok(RouteLimit {
+    /// The limit of `cfg`, which the checks compiled into `spec`.
+    pub fn new(route: &str, index: usize, cfg: &RateLimitConfig, spec: LimitSpec) -> RouteLimit {
+        RouteLimit {
             cfg: cfg.clone(),
             limiter: Limiter::new(spec),
             prefix: format!("gw:rl:{route}:{index}"),
             rejected: METRICS.rate_limited.with_label_values(&[route]),
             store_errors: METRICS.rate_limit_store_errors.with_label_values(&[route]),
             logged_ms: AtomicU64::new(0),
-        })
+        }
     }
 }
 
