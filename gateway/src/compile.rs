@@ -1,19 +1,27 @@
 //! The compile step: a parsed [`Config`] becomes the [`Runtime`] requests use, or every
-//! semantic fault comes back with its YAML path (one error type, [`ConfigErrors`]). The
-//! checks below find what serde cannot (references, addresses, regexes, header names, key
-//! files), then [`Runtime::build`] compiles, keeping the state of what a reload left as it
-//! was. `gateway -t`, the start and every reload go through [`compile`]; the config module
-//! below it is the file format only and imports nothing of the gateway.
+//! semantic fault comes back with its YAML path (one error type, [`ConfigErrors`]).
+//!
+//! [`check`] walks the config once and finds what serde cannot (references, addresses,
+//! regexes, header names, key files, settings that contradict each other); what it compiles
+//! on its way (addresses, discovery, CA files, the Redis store, IP filters, CORS, JWT
+//! verifiers and key URLs, rate-limit specs, hash keys, path regexes, templates, header
+//! rules) it keeps in [`Parts`], and [`Runtime::build`] takes those as they are: each of
+//! these compilers runs once a config. (The router builds its own regex set from the
+//! patterns.) `gateway -t`, the start and every reload go through [`compile`]; a reload
+//! builds against the running runtime, so what did not change keeps its state. The config
+//! module below this one is the file format only and imports nothing of the gateway.
 
+use crate::aggregate::{AggregateParts, Template};
 use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
-    PathMatch, RetryOn, UpstreamConfig,
+    PathMatch, RetryCondition, RetryOn, UpstreamConfig,
 };
 use crate::config::{CorsConfig, IpFilterConfig, JwtConfig};
+use crate::jwks::{JwksSource, JwksUrl};
 use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
 use crate::upstream::resolve;
-use crate::upstream::HashKey;
+use crate::upstream::{HashKey, UpstreamParts};
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
@@ -194,7 +202,8 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
     }
 
     for (name, up) in &config.upstreams {
-        check_upstream(&mut errs, &format!("upstreams.{name}"), up);
+        let compiled = check_upstream(&mut errs, &format!("upstreams.{name}"), up);
+        parts.upstreams.insert(name.clone(), compiled);
         if name == crate::runtime::FANOUT_UPSTREAM {
             errs.push(ConfigError::new(
                 format!("upstreams.{name}"),
@@ -294,11 +303,10 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
                     format!("{pp}.prefix"),
                     "must start with /",
                 )),
-                Some(PathMatch::Regex(re)) => {
-                    if let Err(e) = regex::Regex::new(re) {
-                        errs.push(ConfigError::new(format!("{pp}.regex"), regex_error(&e)));
-                    }
-                }
+                Some(PathMatch::Regex(re)) => match regex::Regex::new(re) {
+                    Ok(compiled) => rp.path_regex = Some(compiled),
+                    Err(e) => errs.push(ConfigError::new(format!("{pp}.regex"), regex_error(&e))),
+                },
                 Some(_) => {}
             }
         }
@@ -337,7 +345,10 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
         }
         if let Some(j) = &r.plugins.jwt {
             match jwt(j) {
-                Ok(verifier) => rp.jwt = Some(verifier),
+                Ok((verifier, remote)) => {
+                    rp.jwt = Some(verifier);
+                    rp.jwks = remote;
+                }
                 Err((path, e)) => {
                     let at = if path.is_empty() {
                         format!("{p}.plugins.jwt")
@@ -429,12 +440,14 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
             &[("timeout_ms", agg.timeout_ms)],
             ABOVE_ZERO,
         );
+        let mut compiled = AggregateParts::default();
         for (i, h) in agg.forward_headers.iter().enumerate() {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errs.push(ConfigError::new(
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => compiled.forward_headers.push(n),
+                Err(_) => errs.push(ConfigError::new(
                     format!("{ap}.forward_headers[{i}]"),
                     "invalid header name",
-                ));
+                )),
             }
         }
         let mut keys = HashSet::new();
@@ -452,8 +465,9 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
                     format!("unknown upstream {:?}", b.upstream),
                 ));
             }
-            if let Err(e) = crate::aggregate::Template::parse(&b.path) {
-                errs.push(ConfigError::new(format!("{bp}.path"), e));
+            match Template::parse(&b.path) {
+                Ok(t) => compiled.paths.push(t),
+                Err(e) => errs.push(ConfigError::new(format!("{bp}.path"), e)),
             }
             if b.required && b.fallback.is_some() {
                 errs.push(ConfigError::new(
@@ -465,6 +479,7 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
                 nonzero(&mut errs, &bp, &[("timeout_ms", t)], ABOVE_ZERO);
             }
         }
+        parts.aggregates.insert(name.clone(), compiled);
     }
 
     if errs.is_empty() {
@@ -527,7 +542,10 @@ fn check_pem(errs: &mut Vec<ConfigError>, path: &str, file: &str, kind: PemKind)
     }
 }
 
-fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
+/// The checks of one upstream; what they compile (addresses, discovery, CA, hash key) is
+/// kept for the build.
+fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) -> UpstreamParts {
+    let mut parts = UpstreamParts::default();
     match (&up.discovery, up.targets.is_empty()) {
         (None, true) => errs.push(ConfigError::new(
             format!("{p}.targets"),
@@ -538,8 +556,9 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             "set targets or discovery, not both",
         )),
         (Some(d), true) => {
-            if let Err(e) = crate::upstream::dns_discovery(d) {
-                errs.push(ConfigError::new(format!("{p}.discovery"), e));
+            match crate::upstream::dns_discovery(d) {
+                Ok(dns) => parts.dns = Some(dns),
+                Err(e) => errs.push(ConfigError::new(format!("{p}.discovery"), e)),
             }
             nonzero(
                 errs,
@@ -551,8 +570,12 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
         (None, false) => {}
     }
     for (i, t) in up.targets.iter().enumerate() {
-        if let Err(e) = resolve(&t.addr) {
-            errs.push(ConfigError::new(format!("{p}.targets[{i}].addr"), e));
+        match resolve(&t.addr) {
+            Ok(addrs) => parts.addrs.push(addrs),
+            Err(e) => {
+                parts.addrs.push(Vec::new());
+                errs.push(ConfigError::new(format!("{p}.targets[{i}].addr"), e));
+            }
         }
         nonzero(
             errs,
@@ -566,11 +589,10 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             format!("{p}.hash_key"),
             "lb: consistent_hash needs a hash_key (header:NAME, ip or path)",
         )),
-        (LbAlgorithm::ConsistentHash, Some(k)) => {
-            if let Err(e) = crate::upstream::HashKey::parse(k) {
-                errs.push(ConfigError::new(format!("{p}.hash_key"), e));
-            }
-        }
+        (LbAlgorithm::ConsistentHash, Some(k)) => match HashKey::parse(k) {
+            Ok(key) => parts.hash_key = Some(key),
+            Err(e) => errs.push(ConfigError::new(format!("{p}.hash_key"), e)),
+        },
         (_, Some(_)) => errs.push(ConfigError::new(
             format!("{p}.hash_key"),
             "only used with lb: consistent_hash",
@@ -583,8 +605,11 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
                 format!("{p}.ca_file"),
                 "only used with tls: true",
             ));
-        } else if let Err(e) = crate::upstream::load_ca(ca) {
-            errs.push(ConfigError::new(format!("{p}.ca_file"), e));
+        } else {
+            match crate::upstream::load_ca(ca) {
+                Ok(loaded) => parts.ca = Some(loaded),
+                Err(e) => errs.push(ConfigError::new(format!("{p}.ca_file"), e)),
+            }
         }
     }
     if let Some(cb) = &up.circuit_breaker {
@@ -647,8 +672,8 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
                     format!("{rp}.on[{i}]"),
                     "only 5xx statuses are retried",
                 )),
-                RetryOn::Condition(c) if c == "connect_failure" || c == "timeout" => {}
-                RetryOn::Condition(c) => errs.push(ConfigError::new(
+                RetryOn::Condition(RetryCondition::ConnectFailure | RetryCondition::Timeout) => {}
+                RetryOn::Condition(RetryCondition::Unknown(c)) => errs.push(ConfigError::new(
                     format!("{rp}.on[{i}]"),
                     format!("{c:?} is not connect_failure, timeout or a 5xx status"),
                 )),
@@ -691,6 +716,7 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) {
             errs.push(ConfigError::new(format!("{hp}.path"), "must start with /"));
         }
     }
+    parts
 }
 
 /// Refuse zero in each `(field, value)` under `base`, in order, with `message`.
@@ -769,7 +795,8 @@ fn check_rate_limit(
     if algorithm == Algorithm::TokenBucket && l.burst == Some(0) {
         errs.push(ConfigError::new(format!("{p}.burst"), AT_LEAST_ONE));
     }
-    let needs_claims = l.key.starts_with("claim:") || l.tiers.is_some();
+    let needs_claims =
+        matches!(spec.key, plugins::ratelimit::LimitKey::Claim(_)) || l.tiers.is_some();
     if needs_claims && route.plugins.jwt.is_none() {
         errs.push(ConfigError::new(
             format!("{p}.{}", if l.tiers.is_some() { "tiers" } else { "key" }),
@@ -866,29 +893,24 @@ fn ip_filter(cfg: &IpFilterConfig) -> Result<IpFilter, (String, String)> {
 }
 
 /// Compile a `jwt` block, reading its key; the error names the field.
-fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
+fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, String)> {
     let k = &cfg.keys;
     let owned: Vec<u8>;
     let text: String;
-    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file) {
-        (None, None, None) if k.jwks_url.is_some() => {
-            let url = k
-                .jwks_url
-                .clone()
-                .unwrap_or_else(|| crate::config::SecretUrl::new(""));
-            crate::jwks::JwksUrl::parse(&url).map_err(|e| ("keys.jwks_url".into(), e))?;
-            if let Some(ca) = &k.ca_file {
-                crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?;
-            }
+    let mut remote = None;
+    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file, &k.jwks_url) {
+        (None, None, None, Some(url)) => {
+            let url = JwksUrl::parse(url).map_err(|e| ("keys.jwks_url".into(), e))?;
+            let ca = match &k.ca_file {
+                Some(ca) => {
+                    Some(crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?)
+                }
+                None => None,
+            };
+            remote = Some(JwksSource { url, ca });
             KeySource::JwksLater
         }
-        _ if k.jwks_url.is_some() => {
-            return Err((
-                "keys".into(),
-                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
-            ))
-        }
-        (Some(var), None, None) => {
+        (Some(var), None, None, None) => {
             owned = std::env::var(var)
                 .map_err(|_| {
                     (
@@ -899,7 +921,7 @@ fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
                 .into_bytes();
             KeySource::Secret(&owned)
         }
-        (None, Some(file), None) => {
+        (None, Some(file), None, None) => {
             owned = std::fs::read(file).map_err(|e| {
                 (
                     "keys.public_key_pem".into(),
@@ -908,7 +930,7 @@ fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
             })?;
             KeySource::PublicPem(&owned)
         }
-        (None, None, Some(file)) => {
+        (None, None, Some(file), None) => {
             text = std::fs::read_to_string(file)
                 .map_err(|e| ("keys.jwks_file".into(), format!("cannot read {file}: {e}")))?;
             KeySource::Jwks(&text)
@@ -938,6 +960,7 @@ fn jwt(cfg: &JwtConfig) -> Result<JwtVerifier, (String, String)> {
             cache_size: cfg.cache_tokens,
         },
     )
+    .map(|verifier| (verifier, remote))
 }
 
 /// Compile a `cors` block.

@@ -4,7 +4,6 @@
 
 use crate::config::SecretUrl;
 use crate::metrics::METRICS;
-use crate::upstream::load_ca;
 use bytes::BytesMut;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -57,6 +56,13 @@ impl JwksUrl {
     }
 }
 
+/// Where a key set is fetched from, as the compile step's checks compiled it.
+pub struct JwksSource {
+    pub url: JwksUrl,
+    /// The CAs that sign the key server's certificate; default: the system store.
+    pub ca: Option<Arc<CaType>>,
+}
+
 pub struct RemoteJwks {
     pub url: JwksUrl,
     route: String,
@@ -79,29 +85,27 @@ fn now_ms() -> u64 {
 }
 
 impl RemoteJwks {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         route: &str,
-        url: &SecretUrl,
+        source: JwksSource,
         verifier: Arc<JwtVerifier>,
         refresh: Duration,
         refetch_min: Duration,
         timeout: Duration,
-        ca_file: Option<&str>,
-    ) -> Result<RemoteJwks, String> {
-        Ok(RemoteJwks {
-            url: JwksUrl::parse(url)?,
+    ) -> RemoteJwks {
+        RemoteJwks {
+            url: source.url,
             route: route.to_string(),
             verifier,
             refresh,
             refetch_min,
             timeout,
-            ca: ca_file.map(load_ca).transpose()?,
+            ca: source.ca,
             connector: Connector::new(None),
             next_refresh_ms: AtomicU64::new(0),
             last_fetch_ms: AtomicU64::new(0),
             lock: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// Whether a background refresh is due at `now_ms` (the caller's clock); when it is,

@@ -3,16 +3,19 @@
 //! A request loads the current Runtime once and keeps that snapshot to its end, so swapping
 //! in a new one never changes a request halfway.
 
-use crate::aggregate::Aggregate;
-use crate::config::{Config, IpFilterConfig, RedisConfig, UpstreamConfig};
-use crate::jwks::RemoteJwks;
+use crate::aggregate::{Aggregate, AggregateParts};
+use crate::config::{
+    Config, IpFilterConfig, OutlierDetectionConfig, RedisConfig, TargetConfig, TimeoutsConfig,
+    UpstreamConfig,
+};
+use crate::jwks::{JwksSource, RemoteJwks};
 use crate::policy::ban::Ban;
 use crate::policy::jwt::Jwt;
 use crate::policy::ratelimit::{RateLimits, RouteLimit};
 use crate::policy::{Chain, Member};
 use crate::router::Router;
 use crate::store::RedisStore;
-use crate::upstream::{HashKey, Upstream};
+use crate::upstream::{HashKey, Upstream, UpstreamParts};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use plugins::autoban::{AutoBan, AutoBanSettings};
@@ -47,15 +50,23 @@ pub struct Parts {
     pub ip_filter: Option<IpFilter>,
     /// By route, in the order of `routes`.
     pub routes: Vec<RouteParts>,
+    /// By upstream name.
+    pub upstreams: HashMap<String, UpstreamParts>,
+    /// By aggregate name.
+    pub aggregates: HashMap<String, AggregateParts>,
 }
 
 /// One route's compiled pieces.
 #[derive(Default)]
 pub struct RouteParts {
     pub sticky: Option<HashKey>,
+    /// The path regex, for `{path.NAME}` in aggregate templates.
+    pub path_regex: Option<regex::Regex>,
     pub ip_filter: Option<IpFilter>,
     pub cors: Option<Cors>,
     pub jwt: Option<JwtVerifier>,
+    /// With `keys.jwks_url`: where the keys come from.
+    pub jwks: Option<JwksSource>,
     /// One a `rate_limit` entry, in order.
     pub limits: Vec<LimitSpec>,
     pub headers: HeaderRules,
@@ -196,6 +207,8 @@ impl Route {
 pub struct Runtime {
     pub router: Router,
     pub routes: Vec<Route>,
+    /// Route names to their index in `routes` (names are unique).
+    by_name: HashMap<String, usize>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub aggregates: HashMap<String, Arc<Aggregate>>,
     /// Peers whose X-Forwarded-For is believed.
@@ -213,6 +226,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The route of this name.
+    pub fn route_named(&self, name: &str) -> Option<&Route> {
+        self.by_name.get(name).map(|&i| &self.routes[i])
+    }
+
     /// Every ban tracker with its scope: `server`, or the route's name.
     pub fn ban_scopes(&self) -> impl Iterator<Item = (&str, &Arc<AutoBan>)> {
         std::iter::once(&self.chain)
@@ -242,6 +260,7 @@ impl Runtime {
             (None, ..) => None,
         };
         let mut upstreams = HashMap::new();
+        let mut upstream_parts = parts.upstreams;
         for (name, cfg) in &config.upstreams {
             let kept = previous
                 .and_then(|p| p.upstreams.get(name))
@@ -249,9 +268,13 @@ impl Runtime {
                 .cloned();
             let up = match kept {
                 Some(up) => up,
-                None => Arc::new(
-                    Upstream::new(name, cfg).map_err(|e| format!("upstreams.{name}: {e}"))?,
-                ),
+                None => {
+                    let parts = upstream_parts.remove(name).unwrap_or_default();
+                    Arc::new(
+                        Upstream::new(name, cfg, parts)
+                            .map_err(|e| format!("upstreams.{name}: {e}"))?,
+                    )
+                }
             };
             upstreams.insert(name.clone(), up);
         }
@@ -267,34 +290,55 @@ impl Runtime {
                 .map(|a| a.timeout_ms)
                 .max()
                 .unwrap_or(0);
-            let cfg: UpstreamConfig = serde_yaml::from_str(&format!(
-                // Its 5xx answers are the aggregates' (a required backend failed): nothing to
-                // eject, and it is the one target anyway.
-                "targets: [{{ addr: \"{addr}\" }}]\ntimeouts: {{ read_ms: {} }}\nfailure_eject_ms: 0\noutlier_detection: {{ consecutive_5xx: 0 }}",
-                longest + 1000
-            ))
-            .map_err(|e| format!("server.fanout: {e}"))?;
+            // Its 5xx answers are the aggregates' (a required backend failed): nothing to
+            // eject, and it is the one target anyway.
+            let cfg = UpstreamConfig {
+                targets: vec![TargetConfig {
+                    addr: addr.clone(),
+                    weight: 1,
+                }],
+                timeouts: TimeoutsConfig {
+                    read_ms: longest + 1000,
+                    ..TimeoutsConfig::default()
+                },
+                failure_eject_ms: 0,
+                outlier_detection: OutlierDetectionConfig {
+                    consecutive_5xx: 0,
+                    ..OutlierDetectionConfig::default()
+                },
+                ..UpstreamConfig::default()
+            };
             let kept = previous
                 .and_then(|p| p.upstreams.get(FANOUT_UPSTREAM))
                 .filter(|up| up.cfg == cfg)
                 .cloned();
             let up = match kept {
                 Some(up) => up,
-                None => Arc::new(Upstream::new(FANOUT_UPSTREAM, &cfg)?),
+                None => {
+                    let addrs = crate::upstream::resolve(addr)
+                        .map_err(|e| format!("server.fanout: {e}"))?;
+                    let parts = UpstreamParts {
+                        addrs: vec![addrs],
+                        ..UpstreamParts::default()
+                    };
+                    Arc::new(Upstream::new(FANOUT_UPSTREAM, &cfg, parts)?)
+                }
             };
             upstreams.insert(FANOUT_UPSTREAM.to_string(), up);
         }
         let mut aggregates = HashMap::new();
+        let mut aggregate_parts = parts.aggregates;
         for (name, cfg) in &config.aggregates {
+            let parts = aggregate_parts.remove(name).unwrap_or_default();
             aggregates.insert(
                 name.clone(),
-                Arc::new(Aggregate::new(name, cfg, &upstreams)?),
+                Arc::new(Aggregate::new(name, cfg, &upstreams, parts)?),
             );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut route_parts = parts.routes.into_iter();
         for (i, r) in config.routes.iter().enumerate() {
-            let rp = route_parts.next().unwrap_or_default();
+            let mut rp = route_parts.next().unwrap_or_default();
             let find = |name: &str| {
                 upstreams
                     .get(name)
@@ -320,7 +364,8 @@ impl Runtime {
                 }
                 (None, None) => return Err(format!("routes[{i}]: no upstream")),
             }
-            let sticky = rp.sticky.clone();
+            let sticky = rp.sticky.take();
+            let path_regex = rp.path_regex.take();
             let mirror = match &r.mirror {
                 Some(m) => Some(Mirror {
                     upstream: find(&m.upstream)?,
@@ -329,10 +374,9 @@ impl Runtime {
                 None => None,
             };
             let before = previous
-                .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
+                .and_then(|p| p.route_named(&r.name))
                 .map(|old| &old.chain);
-            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s), rp)
-                .map_err(|e| format!("routes[{i}].{e}"))?;
+            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s), rp);
             routes.push(Route {
                 duration: crate::metrics::METRICS
                     .request_duration
@@ -351,17 +395,17 @@ impl Runtime {
                     None => None,
                 },
                 chain,
-                path_regex: match r.matcher.path.as_ref().and_then(|p| p.regex.as_ref()) {
-                    Some(re) => {
-                        Some(regex::Regex::new(re).map_err(|e| format!("routes[{i}]: {e}"))?)
-                    }
-                    None => None,
-                },
+                path_regex,
                 strip_prefix: r.strip_prefix.clone(),
             });
         }
         Ok(Runtime {
             router: Router::new(&config.routes)?,
+            by_name: routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect(),
             routes,
             upstreams,
             aggregates,
@@ -443,13 +487,13 @@ fn route_chain(
     before: Option<&Chain>,
     redis: Option<&Arc<RedisStore>>,
     parts: RouteParts,
-) -> Result<Chain, String> {
+) -> Chain {
     let p = &r.plugins;
     let mut members = filter_members(&r.name, p.ip_filter.as_ref(), parts.ip_filter, before);
     if let Some(c) = parts.cors {
         members.push(Member::Cors(c));
     }
-    if let Some(j) = route_jwt(r, before, parts.jwt).map_err(|e| format!("plugins.jwt.{e}"))? {
+    if let Some(j) = route_jwt(r, before, parts.jwt, parts.jwks) {
         members.push(Member::Jwt(j));
     }
     if !p.rate_limit.is_empty() {
@@ -462,7 +506,7 @@ fn route_chain(
     if !rules.request.is_empty() || !rules.response.is_empty() {
         members.push(Member::Headers(rules));
     }
-    Ok(Chain::new(members))
+    Chain::new(members)
 }
 
 /// The route's JWT policy. Keys from a URL are kept across a reload that leaves the `jwt`
@@ -471,41 +515,40 @@ fn route_jwt(
     r: &crate::config::RouteConfig,
     before: Option<&Chain>,
     verifier: Option<JwtVerifier>,
-) -> Result<Option<Jwt>, String> {
+    source: Option<JwksSource>,
+) -> Option<Jwt> {
     let (Some(cfg), Some(verifier)) = (&r.plugins.jwt, verifier) else {
-        return Ok(None);
+        return None;
     };
-    let Some(url) = &cfg.keys.jwks_url else {
-        return Ok(Some(Jwt {
+    let Some(source) = source else {
+        return Some(Jwt {
             verifier: Arc::new(verifier),
             remote: None,
-        }));
+        });
     };
     let kept = before
         .and_then(Chain::jwt)
         .filter(|old| old.remote.as_ref().is_some_and(|(c, _)| c == cfg));
     if let Some(old) = kept {
-        return Ok(Some(Jwt {
+        return Some(Jwt {
             verifier: old.verifier.clone(),
             remote: old.remote.clone(),
-        }));
+        });
     }
     let verifier = Arc::new(verifier);
     let k = &cfg.keys;
     let remote = RemoteJwks::new(
         &r.name,
-        url,
+        source,
         verifier.clone(),
         Duration::from_secs(k.refresh_secs.max(1)),
         Duration::from_secs(k.refetch_min_secs),
         Duration::from_millis(k.timeout_ms.max(1)),
-        k.ca_file.as_deref(),
-    )
-    .map_err(|e| format!("keys.jwks_url: {e}"))?;
-    Ok(Some(Jwt {
+    );
+    Some(Jwt {
         verifier,
         remote: Some((cfg.clone(), Arc::new(remote))),
-    }))
+    })
 }
 
 /// The route's limits; an unchanged limit keeps its counters wherever it moved in the

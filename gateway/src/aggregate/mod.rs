@@ -31,13 +31,23 @@ pub struct Aggregate {
     pub backends: Vec<AggregateBackend>,
 }
 
+/// What the compile step's checks compiled of an aggregate, for [`Aggregate::new`].
+#[derive(Default)]
+pub struct AggregateParts {
+    /// Each backend's path template, in the order of `backends`.
+    pub paths: Vec<Template>,
+    pub forward_headers: Vec<HeaderName>,
+}
+
 impl Aggregate {
     pub fn new(
         name: &str,
         cfg: &AggregateConfig,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        parts: AggregateParts,
     ) -> Result<Aggregate, String> {
         let mut backends = Vec::new();
+        let mut paths = parts.paths.into_iter();
         for (i, b) in cfg.backends.iter().enumerate() {
             let upstream = upstreams.get(&b.upstream).cloned().ok_or_else(|| {
                 format!(
@@ -48,26 +58,20 @@ impl Aggregate {
             backends.push(AggregateBackend {
                 key: b.key.clone(),
                 upstream,
-                path: Template::parse(&b.path)
-                    .map_err(|e| format!("aggregates.{name}.backends[{i}].path: {e}"))?,
+                path: paths
+                    .next()
+                    .ok_or_else(|| format!("aggregates.{name}.backends[{i}].path: not compiled"))?,
                 required: b.required,
                 timeout: b.timeout_ms.map(Duration::from_millis),
                 cache: b.fallback == Some(Fallback::Cache),
             });
-        }
-        let mut forward_headers = Vec::new();
-        for h in &cfg.forward_headers {
-            forward_headers.push(
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("aggregates.{name}: invalid header {h:?}"))?,
-            );
         }
         Ok(Aggregate {
             name: name.to_string(),
             timeout: Duration::from_millis(cfg.timeout_ms),
             max_concurrency: cfg.max_concurrency.max(1),
             cache_ttl: Duration::from_secs(cfg.cache_ttl_secs),
-            forward_headers,
+            forward_headers: parts.forward_headers,
             backends,
         })
     }

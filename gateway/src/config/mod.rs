@@ -698,6 +698,28 @@ fn default_failure_eject_ms() -> u64 {
     1000
 }
 
+/// What an empty definition (`{}`) means; only the targets are missing.
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            targets: Vec::new(),
+            discovery: None,
+            lb: LbAlgorithm::default(),
+            hash_key: None,
+            tls: false,
+            sni: None,
+            verify: yes(),
+            ca_file: None,
+            timeouts: TimeoutsConfig::default(),
+            health_check: None,
+            failure_eject_ms: default_failure_eject_ms(),
+            outlier_detection: OutlierDetectionConfig::default(),
+            circuit_breaker: None,
+            retry: None,
+        }
+    }
+}
+
 /// A target whose tries end in a 5xx or no answer `consecutive_5xx` times in a row is passed
 /// over for `base_ejection_ms` times its ejections in a row (at most `max_ejection_ms`); at
 /// most `max_ejection_percent` of the targets (at least one) are out at a time.
@@ -807,7 +829,18 @@ pub struct RetryConfigYaml {
 #[serde(untagged)]
 pub enum RetryOn {
     Status(u16),
-    Condition(String),
+    Condition(RetryCondition),
+}
+
+/// A failure a retry policy names by word; any other word is kept for the checks to refuse
+/// with its path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryCondition {
+    ConnectFailure,
+    Timeout,
+    #[serde(untagged)]
+    Unknown(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -833,8 +866,8 @@ fn default_retry_attempts() -> u32 {
 }
 fn default_retry_on() -> Vec<RetryOn> {
     vec![
-        RetryOn::Condition("connect_failure".into()),
-        RetryOn::Condition("timeout".into()),
+        RetryOn::Condition(RetryCondition::ConnectFailure),
+        RetryOn::Condition(RetryCondition::Timeout),
     ]
 }
 fn default_budget() -> f64 {
@@ -1133,5 +1166,31 @@ impl ServerConfig {
                     .and_then(|v| std::env::var(v).ok())
                     .filter(|t| !t.is_empty())
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_conditions_are_words_and_statuses_and_unknown_words_are_kept() {
+        let on: Vec<RetryOn> =
+            serde_yaml::from_str("[connect_failure, timeout, 503, sometimes]").unwrap();
+        assert_eq!(
+            on,
+            vec![
+                RetryOn::Condition(RetryCondition::ConnectFailure),
+                RetryOn::Condition(RetryCondition::Timeout),
+                RetryOn::Status(503),
+                RetryOn::Condition(RetryCondition::Unknown("sometimes".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_upstream_definition_is_the_default() {
+        let parsed: UpstreamConfig = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(parsed, UpstreamConfig::default());
     }
 }

@@ -212,7 +212,7 @@ impl FanoutApp {
             .headers
             .get(&X_ROUTE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|r| rt.routes.iter().find(|x| x.name == r));
+            .and_then(|r| rt.route_named(r));
         let vars = template::Vars::new(req, route.and_then(|r| r.path_regex.as_ref()));
         let mut forward: Vec<(HeaderName, HeaderValue)> = Vec::new();
         for name in [&X_REQUEST_ID, &TRACEPARENT]

@@ -9,9 +9,9 @@
 pub mod dns;
 pub mod outlier;
 
-use crate::config::RetryOn;
 use crate::config::{DiscoveryConfig, DnsRecordKind};
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
+use crate::config::{RetryCondition, RetryOn};
 use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use dns::{DnsDiscovery, Kind};
@@ -119,20 +119,28 @@ pub struct Upstream {
     probing: AtomicBool,
 }
 
+/// What the compile step's checks compiled of an upstream definition, for
+/// [`Upstream::new`] to take as it is.
+#[derive(Default)]
+pub struct UpstreamParts {
+    /// Each target's addresses, in the order of `targets`.
+    pub addrs: Vec<Vec<SocketAddr>>,
+    pub dns: Option<DnsDiscovery>,
+    pub ca: Option<Arc<CaType>>,
+    pub hash_key: Option<HashKey>,
+}
+
 impl Upstream {
-    /// Build a pool from a validated upstream definition.
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    /// Build a pool from a checked upstream definition and what the checks compiled of it.
+    pub fn new(name: &str, cfg: &UpstreamConfig, parts: UpstreamParts) -> Result<Upstream, String> {
         let clock = Arc::new(MonotonicClock::default());
         let mut set = BTreeSet::new();
-        for t in &cfg.targets {
-            for addr in resolve(&t.addr)? {
+        for (t, addrs) in cfg.targets.iter().zip(parts.addrs) {
+            for addr in addrs {
                 set.insert(backend(addr, t.weight));
             }
         }
-        let dns = match &cfg.discovery {
-            Some(d) => Some(dns_discovery(d)?),
-            None => None,
-        };
+        let dns = parts.dns;
         if let Some(dns) = &dns {
             // The first lookup happens now; if it fails the pool starts empty (503) and
             // the refresh keeps trying.
@@ -146,10 +154,7 @@ impl Upstream {
                 Err(e) => log::warn!("upstream {name}: discovery: {e}; retrying every refresh"),
             }
         }
-        let ca = match &cfg.ca_file {
-            Some(f) => Some(load_ca(f)?),
-            None => None,
-        };
+        let ca = parts.ca;
         let states = ArcSwap::from_pointee(target_states(&set, None));
         let target_set = Arc::new(ArcSwap::from_pointee(set));
         let mut backends = Backends::new(Box::new(SharedTargets(target_set.clone())));
@@ -204,10 +209,7 @@ impl Upstream {
             LbAlgorithm::Random => Balancer::Random(build(backends)?),
             LbAlgorithm::ConsistentHash => Balancer::Hash(build(backends)?),
         };
-        let hash_key = match &cfg.hash_key {
-            Some(k) => Some(HashKey::parse(k)?),
-            None => None,
-        };
+        let hash_key = parts.hash_key;
         let t = &cfg.timeouts;
         let breaker = cfg.circuit_breaker.as_ref().map(|cb| {
             let upstream = name.to_string();
@@ -248,8 +250,12 @@ impl Upstream {
             for on in &r.on {
                 match on {
                     RetryOn::Status(s) => rc.on_status.push(*s),
-                    RetryOn::Condition(c) if c == "timeout" => rc.on_timeout = true,
-                    RetryOn::Condition(_) => rc.on_connect_failure = true,
+                    RetryOn::Condition(RetryCondition::Timeout) => rc.on_timeout = true,
+                    RetryOn::Condition(RetryCondition::ConnectFailure) => {
+                        rc.on_connect_failure = true
+                    }
+                    // Refused by the checks.
+                    RetryOn::Condition(RetryCondition::Unknown(_)) => {}
                 }
             }
             RetryPolicy::new(rc, clock.clone())
@@ -705,7 +711,16 @@ mod tests {
 
     fn upstream(yaml: &str) -> Upstream {
         let cfg: UpstreamConfig = serde_yaml::from_str(yaml).unwrap();
-        Upstream::new("u", &cfg).unwrap()
+        let parts = UpstreamParts {
+            addrs: cfg
+                .targets
+                .iter()
+                .map(|t| resolve(&t.addr).unwrap())
+                .collect(),
+            hash_key: cfg.hash_key.as_deref().map(|k| HashKey::parse(k).unwrap()),
+            ..UpstreamParts::default()
+        };
+        Upstream::new("u", &cfg, parts).unwrap()
     }
 
     #[test]
