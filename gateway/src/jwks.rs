@@ -2,10 +2,9 @@
 //! at most once per `refetch_min_secs`, when a token names a key id the set does not hold
 //! (the issuer rotated its keys). A failed fetch keeps the keys already loaded.
 
+use crate::client::{Body, CallError, Client};
 use crate::config::SecretUrl;
 use crate::metrics::METRICS;
-use bytes::BytesMut;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
@@ -71,7 +70,7 @@ pub struct RemoteJwks {
     refetch_min: Duration,
     timeout: Duration,
     ca: Option<Arc<CaType>>,
-    connector: Connector,
+    client: Client,
     /// Milliseconds (on the caller's clock) of the next background refresh.
     next_refresh_ms: AtomicU64,
     /// Milliseconds since the process started of the last fetch that was tried; 0: never.
@@ -101,7 +100,7 @@ impl RemoteJwks {
             refetch_min,
             timeout,
             ca: source.ca,
-            connector: Connector::new(None),
+            client: Client::default(),
             next_refresh_ms: AtomicU64::new(0),
             last_fetch_ms: AtomicU64::new(0),
             lock: tokio::sync::Mutex::new(()),
@@ -191,11 +190,6 @@ impl RemoteJwks {
         peer.options.connection_timeout = Some(self.timeout);
         peer.options.read_timeout = Some(self.timeout);
         peer.options.ca = self.ca.clone();
-        let (mut session, _) = self
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| e.to_string())?;
         let mut req =
             RequestHeader::build("GET", u.target.as_bytes(), None).map_err(|e| e.to_string())?;
         let host = if (u.tls && u.port == 443) || (!u.tls && u.port == 80) {
@@ -207,33 +201,18 @@ impl RemoteJwks {
             .map_err(|e| e.to_string())?;
         req.insert_header(http::header::ACCEPT, "application/json")
             .map_err(|e| e.to_string())?;
-        session
-            .write_request_header(Box::new(req))
+        let answer = self
+            .client
+            .call(&peer, req, None, Body::Keep(MAX_JWKS_BYTES))
             .await
-            .map_err(|e| e.to_string())?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
-        if status != 200 {
-            return Err(format!("status {status}"));
+            .map_err(|e| match e {
+                CallError::TooLarge(_) => "document larger than 1 MiB".to_string(),
+                e => e.to_string(),
+            })?;
+        if answer.status != 200 {
+            return Err(format!("status {}", answer.status));
         }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_JWKS_BYTES {
-                return Err("document larger than 1 MiB".into());
-            }
-        }
+        let body = answer.body;
         String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8".to_string())
     }
 }

@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod aggregate;
+pub mod client;
 pub mod clock;
 pub mod compile;
 pub mod config;

@@ -4,12 +4,11 @@
 //! [`MAX_IN_FLIGHT`] copies are in flight per process; beyond that, and for bodies over
 //! [`MAX_MIRROR_BODY`], copies are dropped and counted.
 
+use crate::client::{Body, Client};
 use crate::metrics::METRICS;
 use crate::upstream::Upstream;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -18,14 +17,14 @@ pub const MAX_MIRROR_BODY: usize = 1024 * 1024;
 pub const MAX_IN_FLIGHT: usize = 1024;
 
 pub struct Mirrorer {
-    connector: Connector,
+    client: Client,
     slots: Arc<Semaphore>,
 }
 
 impl Default for Mirrorer {
     fn default() -> Self {
         Self {
-            connector: Connector::new(None),
+            client: Client::default(),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -74,17 +73,10 @@ impl Mirrorer {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy mirror target");
         };
         let peer = up.peer(&backend);
-        let (mut session, _reused) = self.connector.get_http_session(&peer).await?;
-        session.write_request_header(Box::new(req)).await?;
-        if !body.is_empty() {
-            session.write_request_body(Bytes::from(body), true).await?;
-        }
-        session.finish_request_body().await?;
-        session.read_response_header().await?;
-        while session.read_response_body().await?.is_some() {}
-        self.connector
-            .release_http_session(session, &peer, peer.idle_timeout())
-            .await;
+        self.client
+            .call(&peer, req, Some(Bytes::from(body)), Body::Discard)
+            .await
+            .map_err(|e| Error::explain(ErrorType::ConnectError, e.to_string()))?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! failed optional one yields `null`, or with `fallback: cache` its last good answer.
 
 use crate::aggregate::{template, AggregateBackend};
+use crate::client::{Body, CallError, Client};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
 use crate::upstream::TryEnd;
@@ -17,7 +18,6 @@ use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Response};
 use pingora::apps::http_app::ServeHttp;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::Peer;
@@ -85,7 +85,7 @@ impl FallbackCache {
 
 pub struct FanoutApp {
     runtime: RuntimeHandle,
-    connector: Connector,
+    client: Client,
     cache: FallbackCache,
 }
 
@@ -93,7 +93,7 @@ impl FanoutApp {
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self {
             runtime,
-            connector: Connector::new(None),
+            client: Client::default(),
             cache: FallbackCache::default(),
         }
     }
@@ -150,41 +150,18 @@ impl FanoutApp {
         for (name, value) in headers {
             let _ = req.insert_header(name.clone(), value.clone());
         }
-        let (mut session, _) = self
-            .connector
-            .get_http_session(peer)
+        let answer = self
+            .client
+            .call(peer, req, None, Body::Keep(MAX_BACKEND_BODY))
             .await
-            .map_err(|e| (format!("connect: {e}"), Fault::Connection))?;
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| (format!("send: {e}"), Fault::Connection))?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| (format!("send: {e}"), Fault::Connection))?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| (format!("read: {e}"), Fault::Connection))?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
-        let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| (format!("read: {e}"), Fault::Connection))?
-        {
-            if body.len() + chunk.len() > MAX_BACKEND_BODY {
-                return Err((
-                    format!("answer larger than {MAX_BACKEND_BODY} bytes"),
-                    Fault::Answer,
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        self.connector
-            .release_http_session(session, peer, peer.idle_timeout())
-            .await;
+            .map_err(|e| {
+                let fault = match e {
+                    CallError::TooLarge(_) => Fault::Answer,
+                    _ => Fault::Connection,
+                };
+                (e.to_string(), fault)
+            })?;
+        let (status, body) = (answer.status, answer.body);
         if !(200..300).contains(&status) {
             let fault = if status >= 500 {
                 Fault::ServerError

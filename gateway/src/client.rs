@@ -1,0 +1,204 @@
+//! The gateway's own HTTP client, for the calls it makes itself rather than proxies: the
+//! fan-out's backend calls, the mirror's copies, JWKS fetches (and the calls still to come:
+//! token introspection, trace export). One exchange at a time on Pingora's connector, with
+//! its connection pool: a connection goes back to the pool only after a whole answer was
+//! read. A leaf: it imports nothing of the gateway.
+//!
+//! Timeouts are the peer's (`connection_timeout`, `read_timeout`); a caller that needs a
+//! deadline over the whole exchange wraps the call in one.
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use std::fmt;
+
+/// What to do with an answer's body.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// Keep it, up to this many bytes; a longer one fails the call.
+    Keep(usize),
+    /// Read it to its end and drop it (the connection can then be reused).
+    Discard,
+}
+
+/// An answer: its status and, when kept, its body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Where an exchange failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection (refused, timed out, TLS).
+    Connect(String),
+    /// The request could not be sent.
+    Send(String),
+    /// The answer could not be read (reset, timeout, malformed).
+    Read(String),
+    /// The body was longer than the caller keeps.
+    TooLarge(usize),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Connect(e) => write!(f, "connect: {e}"),
+            CallError::Send(e) => write!(f, "send: {e}"),
+            CallError::Read(e) => write!(f, "read: {e}"),
+            CallError::TooLarge(max) => write!(f, "answer larger than {max} bytes"),
+        }
+    }
+}
+
+pub struct Client {
+    connector: Connector,
+}
+
+impl Default for Client {
+    fn default() -> Client {
+        Client {
+            connector: Connector::new(None),
+        }
+    }
+}
+
+impl Client {
+    /// Send `req` (with `body`, if any) to `peer` and read the answer.
+    pub async fn call(
+        &self,
+        peer: &HttpPeer,
+        req: RequestHeader,
+        body: Option<Bytes>,
+        keep: Body,
+    ) -> Result<Answer, CallError> {
+        let text = |e: Box<pingora::Error>| e.to_string();
+        let (mut session, _reused) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| CallError::Connect(text(e)))?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| CallError::Send(text(e)))?;
+        if let Some(b) = body.filter(|b| !b.is_empty()) {
+            session
+                .write_request_body(b, true)
+                .await
+                .map_err(|e| CallError::Send(text(e)))?;
+        }
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| CallError::Send(text(e)))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| CallError::Read(text(e)))?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        let mut kept = BytesMut::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| CallError::Read(text(e)))?
+        {
+            if let Body::Keep(max) = keep {
+                if kept.len() + chunk.len() > max {
+                    return Err(CallError::TooLarge(max));
+                }
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        self.connector
+            .release_http_session(session, peer, peer.idle_timeout())
+            .await;
+        Ok(Answer {
+            status,
+            body: kept.freeze(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request on a connection with `answer`, and counts the
+    /// connections it accepted.
+    async fn server(answer: &'static [u8]) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            seen.clear();
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    fn get() -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "t").unwrap();
+        req
+    }
+
+    #[tokio::test]
+    async fn keeps_discards_or_refuses_the_body_by_its_size() {
+        let (addr, server) =
+            server(b"HTTP/1.1 503 Busy\r\nContent-Length: 10\r\n\r\n0123456789").await;
+        let peer = HttpPeer::new(addr, false, String::new());
+        let client = Client::default();
+        let kept = client
+            .call(&peer, get(), None, Body::Keep(10))
+            .await
+            .unwrap();
+        assert_eq!((kept.status, &kept.body[..]), (503, &b"0123456789"[..]));
+        let dropped = client
+            .call(&peer, get(), None, Body::Discard)
+            .await
+            .unwrap();
+        assert_eq!((dropped.status, dropped.body.len()), (503, 0));
+        let refused = client.call(&peer, get(), None, Body::Keep(9)).await;
+        assert!(
+            matches!(refused, Err(CallError::TooLarge(9))),
+            "{refused:?}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let peer = HttpPeer::new(("127.0.0.1", port), false, String::new());
+        let e = Client::default()
+            .call(&peer, get(), None, Body::Discard)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Connect(_)), "{e}");
+    }
+}
