@@ -79,10 +79,6 @@ pub struct RemoteJwks {
     lock: tokio::sync::Mutex<()>,
 }
 
-fn now_ms() -> u64 {
-    crate::clock::uptime().as_millis() as u64
-}
-
 impl RemoteJwks {
     pub fn new(
         route: &str,
@@ -131,7 +127,7 @@ impl RemoteJwks {
     /// within `refetch_min_secs`. True when a fetch happened (by this call or one it
     /// waited for), so verifying again may now pass.
     pub async fn refetch(&self) -> bool {
-        let asked = now_ms();
+        let asked = crate::clock::now_ms();
         let recent = |last: u64| {
             last != 0 && asked.saturating_sub(last) < self.refetch_min.as_millis() as u64
         };
@@ -150,7 +146,8 @@ impl RemoteJwks {
     }
 
     async fn fetch_now(&self) -> bool {
-        self.last_fetch_ms.store(now_ms().max(1), Ordering::Relaxed);
+        self.last_fetch_ms
+            .store(crate::clock::now_ms().max(1), Ordering::Relaxed);
         let result = match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(Ok(text)) => self.verifier.replace_jwks(&text),
             Ok(Err(e)) => Err(e),

@@ -9,7 +9,7 @@ use crate::runtime::RuntimeHandle;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the service looks for due probes; bounds how late a probe can start.
 const TICK: Duration = Duration::from_millis(50);
@@ -27,14 +27,13 @@ impl RefreshService {
 #[async_trait]
 impl BackgroundService for RefreshService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let epoch = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            let now_ms = epoch.elapsed().as_millis() as u64;
+            let now_ms = crate::clock::now_ms();
             let rt = self.runtime.load();
             for (_, jwks) in rt
                 .routes

@@ -4,16 +4,15 @@
 
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
 pub struct RedisStore {
     client: redis::Client,
     timeout: Duration,
     conn: Mutex<Option<ConnectionManager>>,
-    /// Milliseconds since `epoch` before which no new connection is attempted.
+    /// Milliseconds of the process clock before which no new connection is attempted.
     retry_at_ms: AtomicU64,
-    epoch: Instant,
 }
 
 /// Between two failed connection attempts.
@@ -29,7 +28,6 @@ impl RedisStore {
             timeout,
             conn: Mutex::new(None),
             retry_at_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
         })
     }
 
@@ -38,7 +36,7 @@ impl RedisStore {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let now = crate::clock::now_ms();
         if now < self.retry_at_ms.load(Ordering::Relaxed) {
             return Err("redis unavailable".into());
         }

@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod outlier;
 
+use crate::clock::ProcessClock;
 use crate::config::{DiscoveryConfig, DnsRecordKind};
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
 use crate::config::{RetryCondition, RetryOn};
@@ -26,7 +27,7 @@ use pingora::protocols::tls::CaType;
 use pingora::tls::RootCertStore;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use plugins::breaker::{Breaker, BreakerConfig, Clock, MonotonicClock};
+use plugins::breaker::{Breaker, BreakerConfig, Clock};
 use plugins::retry::{RetryConfig, RetryPolicy};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -95,7 +96,7 @@ pub struct Upstream {
     pub retry: Option<RetryPolicy>,
     /// Every try and backoff of one request ends by this long after it started.
     pub deadline: Duration,
-    clock: Arc<MonotonicClock>,
+    clock: Arc<ProcessClock>,
     failure_eject_ms: u64,
     outlier: OutlierSettings,
     /// Passive tracking and outlier detection, per target (see [`outlier`]).
@@ -133,7 +134,7 @@ pub struct UpstreamParts {
 impl Upstream {
     /// Build a pool from a checked upstream definition and what the checks compiled of it.
     pub fn new(name: &str, cfg: &UpstreamConfig, parts: UpstreamParts) -> Result<Upstream, String> {
-        let clock = Arc::new(MonotonicClock::default());
+        let clock = Arc::new(ProcessClock);
         let mut set = BTreeSet::new();
         for (t, addrs) in cfg.targets.iter().zip(parts.addrs) {
             for addr in addrs {
