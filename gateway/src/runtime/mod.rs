@@ -28,6 +28,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod carry;
+pub use carry::Carry;
+
 /// The name of the built-in upstream that reaches the fan-out service.
 pub const FANOUT_UPSTREAM: &str = "fanout";
 
@@ -239,20 +242,16 @@ impl Runtime {
     }
 
     /// Build the runtime of a config the checks accepted, from the `parts` they compiled
-    /// (through [`crate::compile::compile`], which names a fault's YAML path). What
-    /// `previous` holds under the same name with the same settings is taken over as it is:
-    /// upstreams with their health state, breaker and connection pool; limiters with their
-    /// counters; ban tables; keys fetched from a URL; the Redis connection.
+    /// (through [`crate::compile::compile`], which names a fault's YAML path). The state
+    /// `previous` holds passes over as [`carry`] decides.
     pub fn build(
         config: &Config,
         generation: u64,
         previous: Option<&Runtime>,
         parts: Parts,
     ) -> Result<Runtime, String> {
-        let kept_redis = previous
-            .and_then(|p| p.redis.as_ref())
-            .filter(|(c, _)| config.server.redis.as_ref() == Some(c))
-            .cloned();
+        let mut carry = Carry::new(previous);
+        let kept_redis = config.server.redis.as_ref().and_then(|c| carry.redis(c));
         let redis = match (&config.server.redis, kept_redis, parts.redis) {
             (_, Some(kept), _) => Some(kept),
             (Some(cfg), None, Some(store)) => Some((cfg.clone(), Arc::new(store))),
@@ -262,11 +261,7 @@ impl Runtime {
         let mut upstreams = HashMap::new();
         let mut upstream_parts = parts.upstreams;
         for (name, cfg) in &config.upstreams {
-            let kept = previous
-                .and_then(|p| p.upstreams.get(name))
-                .filter(|up| up.cfg == *cfg)
-                .cloned();
-            let up = match kept {
+            let up = match carry.upstream(name, cfg) {
                 Some(up) => up,
                 None => {
                     let parts = upstream_parts.remove(name).unwrap_or_default();
@@ -308,11 +303,7 @@ impl Runtime {
                 },
                 ..UpstreamConfig::default()
             };
-            let kept = previous
-                .and_then(|p| p.upstreams.get(FANOUT_UPSTREAM))
-                .filter(|up| up.cfg == cfg)
-                .cloned();
-            let up = match kept {
+            let up = match carry.upstream(FANOUT_UPSTREAM, &cfg) {
                 Some(up) => up,
                 None => {
                     let addrs = crate::upstream::resolve(addr)
@@ -373,10 +364,7 @@ impl Runtime {
                 }),
                 None => None,
             };
-            let before = previous
-                .and_then(|p| p.route_named(&r.name))
-                .map(|old| &old.chain);
-            let chain = route_chain(r, before, redis.as_ref().map(|(_, s)| s), rp);
+            let chain = route_chain(r, &mut carry, redis.as_ref().map(|(_, s)| s), rp);
             routes.push(Route {
                 duration: crate::metrics::METRICS
                     .request_duration
@@ -434,10 +422,10 @@ impl Runtime {
                 .map(|n| plugins::ipfilter::parse_net(n))
                 .collect::<Result<_, _>>()?,
             chain: Chain::new(filter_members(
-                "server",
+                None,
                 config.server.ip_filter.as_ref(),
                 parts.ip_filter,
-                previous.map(|p| &p.chain),
+                &carry,
             )),
             redis,
             generation,
@@ -445,13 +433,12 @@ impl Runtime {
     }
 }
 
-/// The members an `ip_filter` block makes: the filter, and the ban tracker (the previous
-/// one, with its bans, when the settings did not change).
+/// The members an `ip_filter` block makes: the filter, and the ban tracker.
 fn filter_members(
-    scope: &str,
+    route: Option<&str>,
     f: Option<&IpFilterConfig>,
     filter: Option<IpFilter>,
-    before: Option<&Chain>,
+    carry: &Carry,
 ) -> Vec<Member> {
     let (Some(f), Some(filter)) = (f, filter) else {
         return Vec::new();
@@ -464,41 +451,46 @@ fn filter_members(
             ban: Duration::from_secs(b.ban_secs),
             max_entries: b.max_entries,
         };
-        let bans = match before
-            .and_then(Chain::bans)
-            .filter(|p| p.bans.settings == settings)
-        {
-            Some(kept) => kept.bans.clone(),
-            None => Arc::new(AutoBan::new(settings)),
-        };
+        let bans = carry
+            .bans(route, &settings)
+            .unwrap_or_else(|| Arc::new(AutoBan::new(settings)));
         members.push(Member::Ban(Ban {
-            scope: scope.to_string(),
+            scope: route.unwrap_or("server").to_string(),
             bans,
         }));
     }
     members
 }
 
-/// A route's chain, in the order [`crate::policy`] documents; what the previous chain of
-/// the same route holds is kept where its settings did not change. The error starts with
-/// the YAML path below the route.
+/// A route's chain, in the order [`crate::policy`] documents.
 fn route_chain(
     r: &crate::config::RouteConfig,
-    before: Option<&Chain>,
+    carry: &mut Carry,
     redis: Option<&Arc<RedisStore>>,
     parts: RouteParts,
 ) -> Chain {
     let p = &r.plugins;
-    let mut members = filter_members(&r.name, p.ip_filter.as_ref(), parts.ip_filter, before);
+    let mut members = filter_members(Some(&r.name), p.ip_filter.as_ref(), parts.ip_filter, carry);
     if let Some(c) = parts.cors {
         members.push(Member::Cors(c));
     }
-    if let Some(j) = route_jwt(r, before, parts.jwt, parts.jwks) {
+    if let Some(j) = route_jwt(r, carry, parts.jwt, parts.jwks) {
         members.push(Member::Jwt(j));
     }
     if !p.rate_limit.is_empty() {
+        let limits = p
+            .rate_limit
+            .iter()
+            .zip(parts.limits)
+            .enumerate()
+            .map(|(j, (cfg, spec))| {
+                carry
+                    .limit(&r.name, cfg)
+                    .unwrap_or_else(|| Arc::new(RouteLimit::new(&r.name, j, cfg, spec)))
+            })
+            .collect();
         members.push(Member::RateLimit(RateLimits {
-            limits: route_limits(r, before, parts.limits),
+            limits,
             redis: redis.cloned(),
         }));
     }
@@ -509,11 +501,11 @@ fn route_chain(
     Chain::new(members)
 }
 
-/// The route's JWT policy. Keys from a URL are kept across a reload that leaves the `jwt`
-/// block as it was, so a reload never drops to an empty key set.
+/// The route's JWT policy; keys from a URL are carried over while the `jwt` block stays
+/// as it was, so a reload never drops to an empty key set.
 fn route_jwt(
     r: &crate::config::RouteConfig,
-    before: Option<&Chain>,
+    carry: &Carry,
     verifier: Option<JwtVerifier>,
     source: Option<JwksSource>,
 ) -> Option<Jwt> {
@@ -526,14 +518,8 @@ fn route_jwt(
             remote: None,
         });
     };
-    let kept = before
-        .and_then(Chain::jwt)
-        .filter(|old| old.remote.as_ref().is_some_and(|(c, _)| c == cfg));
-    if let Some(old) = kept {
-        return Some(Jwt {
-            verifier: old.verifier.clone(),
-            remote: old.remote.clone(),
-        });
+    if let Some(kept) = carry.jwt(&r.name, cfg) {
+        return Some(kept);
     }
     let verifier = Arc::new(verifier);
     let k = &cfg.keys;
@@ -549,36 +535,6 @@ fn route_jwt(
         verifier,
         remote: Some((cfg.clone(), Arc::new(remote))),
     })
-}
-
-/// The route's limits; an unchanged limit keeps its counters wherever it moved in the
-/// list: matched by its settings, each old one taken once.
-fn route_limits(
-    r: &crate::config::RouteConfig,
-    before: Option<&Chain>,
-    specs: Vec<LimitSpec>,
-) -> Vec<Arc<RouteLimit>> {
-    let old: &[Arc<RouteLimit>] = before
-        .and_then(Chain::rate_limits)
-        .map_or(&[], |l| &l.limits);
-    let mut taken = vec![false; old.len()];
-    r.plugins
-        .rate_limit
-        .iter()
-        .zip(specs)
-        .enumerate()
-        .map(|(j, (cfg, spec))| {
-            let kept = old
-                .iter()
-                .enumerate()
-                .position(|(i, l)| !taken[i] && l.cfg == *cfg)
-                .map(|i| {
-                    taken[i] = true;
-                    old[i].clone()
-                });
-            kept.unwrap_or_else(|| Arc::new(RouteLimit::new(&r.name, j, cfg, spec)))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -644,5 +600,45 @@ routes:
             Some(&second),
         );
         assert!(!Arc::ptr_eq(&new_one[1], &limits(&third, "one")[0]));
+    }
+
+    #[test]
+    fn bans_are_kept_by_scope_and_a_route_named_server_has_its_own() {
+        let yaml = |extra: &str| {
+            format!(
+                r#"
+server:
+  ip_filter: {{ auto_ban: {{ threshold: 3 }} }}
+upstreams:
+  a: {{ targets: [{{ addr: "127.0.0.1:9001" }}] }}
+routes:
+{extra}  - name: server
+    upstream: a
+    plugins: {{ ip_filter: {{ auto_ban: {{ threshold: 3 }} }} }}
+"#
+            )
+        };
+        let bans = |rt: &Runtime| -> Vec<(String, Arc<AutoBan>)> {
+            rt.ban_scopes()
+                .map(|(scope, b)| (scope.to_string(), b.clone()))
+                .collect()
+        };
+        let first = build(&yaml(""), None);
+        let second = build(&yaml("  - { name: zero, upstream: a }\n"), Some(&first));
+        let (before, after) = (bans(&first), bans(&second));
+        assert_eq!(before.len(), 2);
+        assert!(!Arc::ptr_eq(&before[0].1, &before[1].1), "two tables");
+        for ((s1, b1), (s2, b2)) in before.iter().zip(&after) {
+            assert_eq!(s1, s2);
+            assert!(Arc::ptr_eq(b1, b2), "{s1}: kept");
+        }
+        // Other settings: a new table.
+        let third = build(
+            &yaml("").replace("threshold: 3 } }\nupstreams", "threshold: 4 } }\nupstreams"),
+            Some(&second),
+        );
+        let third = bans(&third);
+        assert!(!Arc::ptr_eq(&after[0].1, &third[0].1));
+        assert!(Arc::ptr_eq(&after[1].1, &third[1].1));
     }
 }
