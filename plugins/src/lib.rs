@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod cors;
 pub mod ipfilter;
 pub mod jwt;
+pub mod key;
 pub mod policy;
 pub mod ratelimit;
 pub mod retry;

@@ -44,17 +44,14 @@ pub enum HashKey {
 }
 
 impl HashKey {
+    /// `header:NAME`, `ip` or `path` (the grammar of [`plugins::key`]).
     pub fn parse(s: &str) -> Result<HashKey, String> {
-        if let Some(h) = s.strip_prefix("header:") {
-            HeaderName::from_bytes(h.as_bytes())
-                .map(HashKey::Header)
-                .map_err(|_| format!("invalid header name in {s:?}"))
-        } else if s == "ip" {
-            Ok(HashKey::Ip)
-        } else if s == "path" {
-            Ok(HashKey::Path)
-        } else {
-            Err(format!("{s:?} is not header:NAME, ip or path"))
+        use plugins::key::{Form, Key};
+        match Key::parse(s, &[Form::Header, Form::Ip, Form::Path])? {
+            Key::Header(name) => Ok(HashKey::Header(name)),
+            Key::Ip => Ok(HashKey::Ip),
+            Key::Path => Ok(HashKey::Path),
+            Key::Route | Key::Claim(_) => Err(format!("unknown key {s:?}")),
         }
     }
 }

@@ -58,24 +58,16 @@ pub enum LimitKey {
 }
 
 impl LimitKey {
+    /// `ip`, `route`, `header:NAME` or `claim:NAME` (the grammar of [`crate::key`]).
     pub fn parse(s: &str) -> Result<LimitKey, String> {
-        if s == "ip" {
-            return Ok(LimitKey::Ip);
+        use crate::key::{Form, Key};
+        match Key::parse(s, &[Form::Ip, Form::Route, Form::Header, Form::Claim])? {
+            Key::Ip => Ok(LimitKey::Ip),
+            Key::Route => Ok(LimitKey::Route),
+            Key::Header(name) => Ok(LimitKey::Header(name)),
+            Key::Claim(name) => Ok(LimitKey::Claim(name)),
+            Key::Path => Err(format!("unknown key {s:?}")),
         }
-        if s == "route" {
-            return Ok(LimitKey::Route);
-        }
-        if let Some(name) = s.strip_prefix("header:") {
-            return HeaderName::from_bytes(name.as_bytes())
-                .map(LimitKey::Header)
-                .map_err(|_| format!("invalid header name {name:?}"));
-        }
-        if let Some(name) = s.strip_prefix("claim:").filter(|n| !n.is_empty()) {
-            return Ok(LimitKey::Claim(name.to_string()));
-        }
-        Err(format!(
-            "unknown key {s:?}: ip, route, header:NAME or claim:NAME"
-        ))
     }
 }
 
