@@ -212,7 +212,7 @@ fn main() -> ExitCode {
     let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
-    // HTTP/1 connections get their idle timeout and request cap per request (proxy.rs);
+    // HTTP/1 connections get their idle timeout and request cap per request (proxy/head.rs);
     // h2 connections close after the same idle time.
     if s.keepalive_timeout_secs > 0 {
         opts.h2_idle_timeout = Some(Duration::from_secs(s.keepalive_timeout_secs));
