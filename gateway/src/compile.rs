@@ -75,11 +75,6 @@ fn at_path(e: &str) -> ConfigError {
 /// Retries per request; Pingora caps the tries of one request at 16.
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
-/// Check everything that serde cannot: references, addresses, regexes, header names.
-pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
-    check(config).map(drop)
-}
-
 /// The checks, compiling on their way what the build takes as it is ([`Parts`]): every
 /// fault with its YAML path, or the parts.
 pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
@@ -981,8 +976,8 @@ mod tests {
     use crate::config::parse;
 
     fn errors(yaml: &str) -> Vec<String> {
-        match parse(yaml).and_then(|c| validate(&c)) {
-            Ok(()) => vec![],
+        match parse(yaml).and_then(|c| check(&c)) {
+            Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
     }

@@ -63,10 +63,6 @@ impl Chain {
         Chain { members }
     }
 
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }

@@ -175,26 +175,22 @@ pub fn send_mirror(
 pub struct ReqHeaders<'a>(pub &'a mut RequestHeader);
 pub struct RespHeaders<'a>(pub &'a mut pingora::http::ResponseHeader);
 
-impl HeaderTarget for ReqHeaders<'_> {
-    fn remove_header(&mut self, name: &HeaderName) {
-        self.0.remove_header(name);
-    }
-    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.0.insert_header(name.clone(), value);
-    }
-    fn set_static(&mut self, name: &'static str, value: HeaderValue) {
-        let _ = self.0.insert_header(name, value);
-    }
+/// Both heads edit alike; a static name goes in without its text being copied.
+macro_rules! header_target {
+    ($t:ident) => {
+        impl HeaderTarget for $t<'_> {
+            fn remove_header(&mut self, name: &HeaderName) {
+                self.0.remove_header(name);
+            }
+            fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+                let _ = self.0.insert_header(name.clone(), value);
+            }
+            fn set_static(&mut self, name: &'static str, value: HeaderValue) {
+                let _ = self.0.insert_header(name, value);
+            }
+        }
+    };
 }
 
-impl HeaderTarget for RespHeaders<'_> {
-    fn remove_header(&mut self, name: &HeaderName) {
-        self.0.remove_header(name);
-    }
-    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.0.insert_header(name.clone(), value);
-    }
-    fn set_static(&mut self, name: &'static str, value: HeaderValue) {
-        let _ = self.0.insert_header(name, value);
-    }
-}
+header_target!(ReqHeaders);
+header_target!(RespHeaders);
