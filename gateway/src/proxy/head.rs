@@ -20,7 +20,7 @@ pub const MAX_HOST_LEN: usize = 255;
 
 /// The request head's framing and size: refuse what two parsers could read differently
 /// (RFC 9112 section 6.3) and what is larger than the configured bounds.
-pub fn check_head(
+fn check_head(
     req: &RequestHeader,
     framing: Framing,
     limits: &RequestLimits,
@@ -98,7 +98,7 @@ pub fn check_head(
 /// reads it: routing, the route's policies, the upstream request, the mirror and the access
 /// log all see the one path. A target the client sent in absolute form is rewritten to
 /// origin form here, so its raw bytes are not what goes upstream.
-pub fn normalize_target(session: &mut Session, opts: &PathOptions) -> Result<(), GatewayError> {
+fn normalize_target(session: &mut Session, opts: &PathOptions) -> Result<(), GatewayError> {
     let req = session.req_header();
     if !req.raw_path_is_utf8() {
         return Err(bad_path("request target is not UTF-8"));
@@ -132,6 +132,21 @@ fn bad_path(reason: &'static str) -> GatewayError {
 pub fn too_large(max: u64) -> GatewayError {
     GatewayError::new(413, "request body too large")
         .with_data(serde_json::json!({ "max_body_bytes": max }))
+}
+
+/// Before anything reads the request: the connection's keep-alive rule, the head's framing
+/// and size checks, and the path in its normal form.
+pub fn admit_head(session: &mut Session, limits: &RequestLimits) -> Result<(), GatewayError> {
+    let head = session
+        .as_downstream()
+        .stream()
+        .and_then(crate::guard::head_info);
+    if let Some(h) = head {
+        apply_keepalive(session, h.keepalive);
+    }
+    let framing = head.map(|h| h.framing).unwrap_or_default();
+    check_head(session.req_header(), framing, limits)?;
+    normalize_target(session, &limits.paths)
 }
 
 /// The host to route by, lowercased into `buf` when it has capitals: `""` for an HTTP/1.0
@@ -190,7 +205,7 @@ pub fn request_host(req: &RequestHeader) -> Result<Option<&str>, &'static str> {
 /// left off. The request count travels with the connection from one request to the next
 /// (Pingora decrements it), so it is set on the first request only; a connection the client
 /// asked to close stays closed.
-pub fn apply_keepalive(session: &mut Session, rule: KeepaliveRule) {
+fn apply_keepalive(session: &mut Session, rule: KeepaliveRule) {
     let ds = session.as_downstream_mut();
     if ds.get_keepalive().is_none() {
         return;

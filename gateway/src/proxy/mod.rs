@@ -478,18 +478,7 @@ impl Gateway {
     /// The head checks, the server's policies, routing and the route's policies:
     /// `Continue` when the request may go upstream.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Flow {
-        let head = session
-            .as_downstream()
-            .stream()
-            .and_then(crate::guard::head_info);
-        if let Some(h) = head {
-            head::apply_keepalive(session, h.keepalive);
-        }
-        let framing = head.map(|h| h.framing).unwrap_or_default();
-        if let Err(e) = head::check_head(session.req_header(), framing, &ctx.rt.limits) {
-            return Flow::Respond(e);
-        }
-        if let Err(e) = head::normalize_target(session, &ctx.rt.limits.paths) {
+        if let Err(e) = head::admit_head(session, &ctx.rt.limits) {
             return Flow::Respond(e);
         }
         let req = session.req_header();
