@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-test deps-bench clean third-party cycles
+.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-oauth deps-test deps-bench clean third-party cycles
 
 all: build
 
@@ -16,12 +16,18 @@ all: build
 deps:
 	@command -v cmake >/dev/null || { apt-get update -q && $(APT_INSTALL) cmake; }
 
-# jq formats the README's curl examples.
-deps-run: deps
+# jq formats the README's curl examples; the demo OAuth 2.0 provider (tests/oauth/provider.py)
+# runs on Authlib and Flask.
+deps-run: deps deps-oauth
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
-# promtool checks the alert rules; dnsmasq and redis-server are real servers the tests start.
-deps-test: deps
+deps-oauth:
+	@python3 -c 'import authlib, flask' 2>/dev/null \
+		|| python3 -m pip install -q --disable-pip-version-check authlib==1.9.6 flask==3.1.3
+
+# promtool checks the alert rules; dnsmasq, redis-server and the OAuth 2.0 provider are real
+# servers the tests start.
+deps-test: deps deps-oauth
 	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null && command -v redis-server >/dev/null \
 		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server; }
 
@@ -38,7 +44,8 @@ release: deps
 # Serve conf/gateway.yaml in front of the demo upstreams; Ctrl-C stops both.
 run: build deps-run
 	@target/debug/demo-upstreams $(DEMO_UPSTREAMS) & demo=$$!; \
-	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
+	python3 tests/oauth/provider.py 9010 >/dev/null & provider=$$!; \
+	trap "kill $$demo $$provider 2>/dev/null" EXIT INT TERM; \
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)
 
 # Unit tests, the end-to-end suite against the real binary, formatting and lints, the

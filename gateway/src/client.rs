@@ -10,8 +10,75 @@
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a call goes: `http://host[:port]/path` or `https://...`, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query.
+    pub target: String,
+}
+
+impl Url {
+    /// Parse `url`; errors show it as `shown` (with its credentials redacted).
+    pub fn parse(url: &str, shown: &str) -> Result<Url, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("{shown:?} is not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{shown:?}: the scheme must be http or https")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{shown:?} names no host"))?;
+        Ok(Url {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            target: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+        })
+    }
+
+    /// The `Host` header: the port only when it is not the scheme's own.
+    pub fn host_header(&self) -> String {
+        if (self.tls && self.port == 443) || (!self.tls && self.port == 80) {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// A peer for one call: the host resolved now, connect and read bounded by `timeout`.
+    pub async fn peer(
+        &self,
+        timeout: Duration,
+        ca: Option<Arc<CaType>>,
+    ) -> Result<HttpPeer, String> {
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", self.host))?;
+        let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.ca = ca;
+        Ok(peer)
+    }
+}
 
 /// What to do with an answer's body.
 #[derive(Debug, Clone, Copy)]

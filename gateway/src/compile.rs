@@ -12,12 +12,15 @@
 //! module below this one is the file format only and imports nothing of the gateway.
 
 use crate::aggregate::{AggregateParts, Template};
+use crate::client::Url;
+use crate::config::OAuth2Config;
 use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
     PathMatch, RetryCondition, RetryOn, UpstreamConfig,
 };
 use crate::config::{CorsConfig, IpFilterConfig, JwtConfig};
 use crate::jwks::{JwksSource, JwksUrl};
+use crate::policy::oauth2::OAuth2Source;
 use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
 use crate::upstream::resolve;
@@ -353,6 +356,13 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
                     errs.push(ConfigError::new(at, e));
                 }
             }
+        }
+        if let Some(o) = &r.plugins.oauth2 {
+            let op = format!("{p}.plugins.oauth2");
+            if r.plugins.jwt.is_some() {
+                errs.push(ConfigError::new(&op, "set jwt or oauth2, not both"));
+            }
+            rp.oauth2 = check_oauth2(&mut errs, &op, o);
         }
         if let Some(f) = &r.plugins.ip_filter {
             match ip_filter(f) {
@@ -792,10 +802,10 @@ fn check_rate_limit(
     }
     let needs_claims =
         matches!(spec.key, plugins::ratelimit::LimitKey::Claim(_)) || l.tiers.is_some();
-    if needs_claims && route.plugins.jwt.is_none() {
+    if needs_claims && route.plugins.jwt.is_none() && route.plugins.oauth2.is_none() {
         errs.push(ConfigError::new(
             format!("{p}.{}", if l.tiers.is_some() { "tiers" } else { "key" }),
-            "claims come from a verified JWT: set plugins.jwt on this route",
+            "claims come from a verified JWT or an introspected token: set plugins.jwt or plugins.oauth2 on this route",
         ));
     }
     if l.store == crate::config::LimitStore::Redis {
@@ -830,6 +840,86 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
             "{h:?} is not a host name or a *.suffix wildcard (ports are not part of the match)"
         ))
     }
+}
+
+/// The checks of an `oauth2` block; the endpoint, its CA and the secret when they pass.
+fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Option<OAuth2Source> {
+    let before = errs.len();
+    let url = Url::parse(
+        o.introspection_url.expose(),
+        &o.introspection_url.redacted(),
+    )
+    .map_err(|e| errs.push(ConfigError::new(format!("{p}.introspection_url"), e)))
+    .ok();
+    if o.client_id.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.client_id"),
+            "must not be empty",
+        ));
+    }
+    let secret = match (&o.client_secret, &o.client_secret_env) {
+        (Some(s), None) => Some(s.expose().to_string()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                errs.push(ConfigError::new(
+                    format!("{p}.client_secret_env"),
+                    format!("environment variable {var} is not set"),
+                ));
+                None
+            }
+        },
+        _ => {
+            errs.push(ConfigError::new(
+                p,
+                "set exactly one of client_secret, client_secret_env",
+            ));
+            None
+        }
+    };
+    let ca = match &o.ca_file {
+        Some(f) => crate::upstream::load_ca(f)
+            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
+            .ok(),
+        None => None,
+    };
+    for (i, s) in o.required_scopes.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            errs.push(ConfigError::new(
+                format!("{p}.required_scopes[{i}]"),
+                "a scope is printable ASCII without spaces or quotes (RFC 6749 section 3.3)",
+            ));
+        }
+    }
+    for (claim, header) in &o.forward_claims {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            errs.push(ConfigError::new(
+                format!("{p}.forward_claims.{claim}"),
+                "invalid header name",
+            ));
+        }
+    }
+    nonzero(
+        errs,
+        p,
+        &[
+            ("cache_entries", o.cache_entries as u64),
+            ("timeout_ms", o.timeout_ms),
+            ("max_calls_per_sec", u64::from(o.max_calls_per_sec)),
+        ],
+        AT_LEAST_ONE,
+    );
+    if errs.len() > before {
+        return None;
+    }
+    Some(OAuth2Source {
+        url: url?,
+        ca,
+        secret: secret?,
+    })
 }
 
 /// The header rules of one direction: each name and value checked, the valid ones kept.
@@ -895,7 +985,8 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
     let mut remote = None;
     let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file, &k.jwks_url) {
         (None, None, None, Some(url)) => {
-            let url = JwksUrl::parse(url).map_err(|e| ("keys.jwks_url".into(), e))?;
+            let url = JwksUrl::parse(url.expose(), &url.redacted())
+                .map_err(|e| ("keys.jwks_url".into(), e))?;
             let ca = match &k.ca_file {
                 Some(ca) => {
                     Some(crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?)
@@ -1061,5 +1152,30 @@ mod tests {
         );
         let e = errors("server:\n  threads: many\n");
         assert!(e[0].starts_with("server.threads: invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn oauth2_faults() {
+        let e = errors(&format!(
+            "{UP}routes:\n  - name: a\n    upstream: u\n    plugins:\n      jwt: {{ algorithms: [HS256], keys: {{ jwks_file: /nonexistent }} }}\n      oauth2: {{ introspection_url: \"ftp://x/introspect\", client_id: \"\", client_secret_env: GW_UNIT_NO_SUCH_VAR, required_scopes: [\"a b\"], forward_claims: {{ sub: \"bad header\" }}, max_calls_per_sec: 0 }}\n"
+        ));
+        for want in [
+            "routes[0].plugins.oauth2: set jwt or oauth2, not both",
+            "routes[0].plugins.oauth2.introspection_url: \"ftp://x/introspect\": the scheme must be http or https",
+            "routes[0].plugins.oauth2.client_id: must not be empty",
+            "routes[0].plugins.oauth2.client_secret_env: environment variable GW_UNIT_NO_SUCH_VAR is not set",
+            "routes[0].plugins.oauth2.required_scopes[0]: a scope is printable ASCII",
+            "routes[0].plugins.oauth2.forward_claims.sub: invalid header name",
+            "routes[0].plugins.oauth2.max_calls_per_sec: must be at least 1",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(want)), "missing {want:?} in {e:?}");
+        }
+        let e = errors(&format!(
+            "{UP}routes:\n  - name: a\n    upstream: u\n    plugins:\n      oauth2: {{ introspection_url: \"http://127.0.0.1:1/i\", client_id: g }}\n"
+        ));
+        assert_eq!(
+            e,
+            vec!["routes[0].plugins.oauth2: set exactly one of client_secret, client_secret_env"]
+        );
     }
 }

@@ -3,11 +3,9 @@
 //! (the issuer rotated its keys). A failed fetch keeps the keys already loaded.
 
 use crate::client::{Body, CallError, Client};
-use crate::config::SecretUrl;
 use crate::metrics::METRICS;
 use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
-use pingora::upstreams::peer::HttpPeer;
 use plugins::jwt::JwtVerifier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,44 +14,8 @@ use std::time::Duration;
 /// A JWKS document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// `http://host[:port]/path` or `https://...`, split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwksUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query.
-    pub target: String,
-}
-
-impl JwksUrl {
-    /// Errors show the URL with its credentials redacted.
-    pub fn parse(secret: &SecretUrl) -> Result<JwksUrl, String> {
-        let url = secret.expose();
-        let shown = secret.redacted();
-        let uri: http::Uri = url.parse().map_err(|_| format!("{shown:?} is not a URL"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{shown:?}: the scheme must be http or https")),
-        };
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("{shown:?} names no host"))?;
-        Ok(JwksUrl {
-            tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            target: uri
-                .path_and_query()
-                .map_or("/".to_string(), |p| p.as_str().to_string()),
-        })
-    }
-}
+/// Where a key set is fetched from: `http://host[:port]/path` or `https://...`.
+pub type JwksUrl = crate::client::Url;
 
 /// Where a key set is fetched from, as the compile step's checks compiled it.
 pub struct JwksSource {
@@ -178,23 +140,10 @@ impl RemoteJwks {
 
     async fn fetch(&self) -> Result<String, String> {
         let u = &self.url;
-        let addr = tokio::net::lookup_host((u.host.as_str(), u.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", u.host))?
-            .next()
-            .ok_or_else(|| format!("{} resolves to no address", u.host))?;
-        let mut peer = HttpPeer::new(addr, u.tls, u.host.clone());
-        peer.options.connection_timeout = Some(self.timeout);
-        peer.options.read_timeout = Some(self.timeout);
-        peer.options.ca = self.ca.clone();
+        let peer = u.peer(self.timeout, self.ca.clone()).await?;
         let mut req =
             RequestHeader::build("GET", u.target.as_bytes(), None).map_err(|e| e.to_string())?;
-        let host = if (u.tls && u.port == 443) || (!u.tls && u.port == 80) {
-            u.host.clone()
-        } else {
-            format!("{}:{}", u.host, u.port)
-        };
-        req.insert_header(http::header::HOST, host)
+        req.insert_header(http::header::HOST, u.host_header())
             .map_err(|e| e.to_string())?;
         req.insert_header(http::header::ACCEPT, "application/json")
             .map_err(|e| e.to_string())?;
@@ -216,11 +165,16 @@ impl RemoteJwks {
 
 #[cfg(test)]
 mod tests {
-    use super::{JwksUrl, SecretUrl};
+    use super::JwksUrl;
+    use crate::config::SecretUrl;
+
+    fn url(s: &SecretUrl) -> Result<JwksUrl, String> {
+        JwksUrl::parse(s.expose(), &s.redacted())
+    }
 
     #[test]
     fn urls() {
-        let u = JwksUrl::parse(&SecretUrl::new(
+        let u = url(&SecretUrl::new(
             "https://auth.example.com/.well-known/jwks.json?x=1",
         ))
         .unwrap();
@@ -228,9 +182,9 @@ mod tests {
             (u.tls, u.host.as_str(), u.port, u.target.as_str()),
             (true, "auth.example.com", 443, "/.well-known/jwks.json?x=1")
         );
-        let u = JwksUrl::parse(&SecretUrl::new("http://127.0.0.1:8000")).unwrap();
+        let u = url(&SecretUrl::new("http://127.0.0.1:8000")).unwrap();
         assert_eq!((u.tls, u.port, u.target.as_str()), (false, 8000, "/"));
-        assert!(JwksUrl::parse(&SecretUrl::new("ftp://x/keys")).is_err());
-        assert!(JwksUrl::parse(&SecretUrl::new("/keys")).is_err());
+        assert!(url(&SecretUrl::new("ftp://x/keys")).is_err());
+        assert!(url(&SecretUrl::new("/keys")).is_err());
     }
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub rate_limit_store_errors: IntCounterVec,
     pub auto_bans: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
+    pub introspections: IntCounterVec,
+    pub introspection_duration: HistogramVec,
+    pub introspection_cache_hits: IntCounterVec,
     pub banned_addresses: IntGaugeVec,
     pub client_timeouts: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
@@ -145,6 +148,25 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route", "result"]
     )
     .expect("register gateway_jwks_fetches_total"),
+    introspections: register_int_counter_vec!(
+        "gateway_oauth2_introspections_total",
+        "Token introspection calls by route and result (active, inactive, error, busy: over max_calls_per_sec)",
+        &["route", "result"]
+    )
+    .expect("register gateway_oauth2_introspections_total"),
+    introspection_duration: register_histogram_vec!(
+        "gateway_oauth2_introspection_duration_seconds",
+        "Time of one introspection call, by route",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("register gateway_oauth2_introspection_duration_seconds"),
+    introspection_cache_hits: register_int_counter_vec!(
+        "gateway_oauth2_cache_hits_total",
+        "Bearer tokens answered from the introspection cache, by route",
+        &["route"]
+    )
+    .expect("register gateway_oauth2_cache_hits_total"),
     banned_addresses: register_int_gauge_vec!(
         "gateway_auto_banned_addresses",
         "Addresses under a ban now, by scope",

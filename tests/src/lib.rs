@@ -638,6 +638,120 @@ impl Drop for RedisServer {
     }
 }
 
+/// The OAuth 2.0 authorization server of `tests/oauth/provider.py` (Authlib: client
+/// credentials grant, RFC 7662 introspection, RFC 7009 revocation) on a free port.
+pub struct OAuthProvider {
+    child: Child,
+    pub port: u16,
+}
+
+impl OAuthProvider {
+    pub fn start() -> OAuthProvider {
+        let port = free_port();
+        OAuthProvider {
+            child: Self::spawn(port),
+            port,
+        }
+    }
+
+    fn spawn(port: u16) -> Child {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oauth/provider.py");
+        let child = Command::new("python3")
+            .args([script, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with authlib and flask (make test installs them)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the OAuth provider did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Stop the server (its port stays free for [`OAuthProvider::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port);
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        client: (&str, &str),
+        body: String,
+    ) -> (u16, serde_json::Value) {
+        let r = crate::client()
+            .post(self.url(path))
+            .basic_auth(client.0, Some(client.1))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("provider answers");
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// A token for `client` through the client credentials grant.
+    pub async fn token(&self, client: &str, secret: &str, scope: Option<&str>) -> String {
+        let mut body = "grant_type=client_credentials".to_string();
+        if let Some(s) = scope {
+            body.push_str(&format!("&scope={}", s.replace(' ', "+")));
+        }
+        let (status, v) = self.post("/oauth/token", (client, secret), body).await;
+        assert_eq!(status, 200, "{v}");
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// Revoke `token` (RFC 7009), as the client it was issued to.
+    pub async fn revoke(&self, client: &str, secret: &str, token: &str) {
+        let (status, v) = self
+            .post("/oauth/revoke", (client, secret), format!("token={token}"))
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+
+    /// How many introspection calls the provider answered so far.
+    pub async fn introspections(&self) -> u64 {
+        let (_, _, v) = get_json(&crate::client(), &self.url("/stats")).await;
+        v["introspections"].as_u64().expect("stats")
+    }
+
+    /// Answer introspection calls `ms` late from now on.
+    pub async fn set_delay(&self, ms: u64) {
+        crate::client()
+            .post(self.url(&format!("/admin/delay?ms={ms}")))
+            .send()
+            .await
+            .expect("provider answers");
+    }
+}
+
+impl Drop for OAuthProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address works on loopback).
 pub fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()

@@ -81,6 +81,9 @@ pub struct Config {
 pub struct PluginsConfig {
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Opaque bearer tokens checked at the provider's introspection endpoint (RFC 7662).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
     #[serde(default)]
     pub ip_filter: Option<IpFilterConfig>,
     #[serde(default)]
@@ -197,6 +200,86 @@ pub struct JwtConfig {
 
 fn default_jwt_cache() -> usize {
     4096
+}
+
+/// Token introspection (RFC 7662): the bearer token is sent to the provider, and the request
+/// is admitted when the answer says `active: true`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// The provider's introspection endpoint (`http://` or `https://`).
+    pub introspection_url: SecretUrl,
+    /// The gateway's own client at the provider.
+    pub client_id: String,
+    /// Its secret, or (better) the environment variable that holds it: set exactly one.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Scopes every token must carry (its `scope` string or `scp` list).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claim of the introspection answer -> header sent upstream; a client-sent header of
+    /// that name is always removed.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// An active answer is kept this long (never past the token's `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_secs: u64,
+    /// An inactive answer is kept this long, so a flood of one bad token costs one call.
+    #[serde(default = "default_inactive_ttl")]
+    pub inactive_ttl_secs: u64,
+    /// Answers kept at most (memory stays bounded under a flood of distinct tokens).
+    #[serde(default = "default_introspection_entries")]
+    pub cache_entries: usize,
+    /// Bound on one introspection call.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
+    /// Introspection calls per second at most (tokens not yet known beyond it get 503).
+    #[serde(default = "default_introspection_rate")]
+    pub max_calls_per_sec: u32,
+    /// When the provider cannot answer: `refuse` (503), or `cached`: a token whose answer
+    /// was active and whose `exp` has not passed is still admitted after `cache_ttl_secs`.
+    #[serde(default)]
+    pub on_provider_error: OnProviderError,
+    /// CA bundle (PEM) for an `https://` provider; default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+/// How the gateway authenticates to the provider (RFC 6749 section 2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnProviderError {
+    #[default]
+    Refuse,
+    Cached,
+}
+
+fn default_introspection_ttl() -> u64 {
+    60
+}
+fn default_inactive_ttl() -> u64 {
+    5
+}
+fn default_introspection_entries() -> usize {
+    10_000
+}
+fn default_introspection_timeout() -> u64 {
+    2000
+}
+fn default_introspection_rate() -> u32 {
+    100
 }
 
 fn default_leeway() -> u64 {

@@ -8,8 +8,10 @@
 //! 2. bans earned by refusals (403 with `Retry-After`), learned in the logging phase;
 //! 3. `cors`: a preflight is answered here; an allowed origin is noted for the answer;
 //! 4. `jwt`: the token verified, its claims kept for the members after it (401);
-//! 5. `rate_limit`: every limit of the route, keyed by address, header or claim (429);
-//! 6. header rules: the request's before it goes upstream, the upstream's answer's.
+//! 5. `oauth2`: an opaque token introspected at the provider, its answer's claims kept
+//!    the same way (401, 403 for missing scopes, 503 when the provider cannot answer);
+//! 6. `rate_limit`: every limit of the route, keyed by address, header or claim (429);
+//! 7. header rules: the request's before it goes upstream, the upstream's answer's.
 //!
 //! The server's own chain (its `ip_filter` and bans) runs before routing. The request and
 //! upstream-request phases run a chain forwards; the response phase runs it backwards, as
@@ -21,6 +23,7 @@
 
 pub mod ban;
 pub mod jwt;
+pub mod oauth2;
 pub mod ratelimit;
 
 use plugins::cors::Cors;
@@ -34,6 +37,8 @@ pub enum Member {
     Ban(ban::Ban),
     Cors(Cors),
     Jwt(jwt::Jwt),
+    /// Shared with the next runtime while its settings stay (its answer cache).
+    OAuth2(std::sync::Arc<oauth2::OAuth2>),
     RateLimit(ratelimit::RateLimits),
     Headers(HeaderRules),
 }
@@ -46,6 +51,7 @@ macro_rules! each {
             Member::Ban($p) => $body,
             Member::Cors($p) => $body,
             Member::Jwt($p) => $body,
+            Member::OAuth2($p) => $body,
             Member::RateLimit($p) => $body,
             Member::Headers($p) => $body,
         }
@@ -108,6 +114,13 @@ impl Chain {
     pub fn jwt(&self) -> Option<&jwt::Jwt> {
         self.members.iter().find_map(|m| match m {
             Member::Jwt(j) => Some(j),
+            _ => None,
+        })
+    }
+
+    pub fn oauth2(&self) -> Option<&std::sync::Arc<oauth2::OAuth2>> {
+        self.members.iter().find_map(|m| match m {
+            Member::OAuth2(o) => Some(o),
             _ => None,
         })
     }

@@ -11,14 +11,16 @@
 //! | Redis connection      | (one)                          | `server.redis` is the same |
 //! | ban table             | scope (`server` or route name) | `auto_ban` is the same     |
 //! | JWKS keys             | route name                     | its `jwt` block is the same |
+//! | introspection answers | route name                     | its `oauth2` block is the same |
 //! | rate-limit counters   | route name                     | an entry with the same settings (each taken once, wherever it moved in the list) |
 //!
 //! Never by position: a route or limit inserted before another leaves each one's state
 //! with its owner.
 
 use super::Runtime;
-use crate::config::{JwtConfig, RateLimitConfig, RedisConfig, UpstreamConfig};
+use crate::config::{JwtConfig, OAuth2Config, RateLimitConfig, RedisConfig, UpstreamConfig};
 use crate::policy::jwt::Jwt;
+use crate::policy::oauth2::OAuth2;
 use crate::policy::ratelimit::RouteLimit;
 use crate::policy::Chain;
 use crate::store::RedisStore;
@@ -83,6 +85,15 @@ impl<'a> Carry<'a> {
             verifier: old.verifier.clone(),
             remote: old.remote.clone(),
         })
+    }
+
+    /// A route's introspection policy (with its answer cache), when its `oauth2` block is
+    /// the same.
+    pub fn oauth2(&self, route: &str, cfg: &OAuth2Config) -> Option<Arc<OAuth2>> {
+        self.chain(Some(route))?
+            .oauth2()
+            .filter(|o| o.cfg == *cfg)
+            .cloned()
     }
 
     /// A limit of `route` with these settings that is not handed out yet.

@@ -11,6 +11,7 @@ use crate::config::{
 use crate::jwks::{JwksSource, RemoteJwks};
 use crate::policy::ban::Ban;
 use crate::policy::jwt::Jwt;
+use crate::policy::oauth2::{OAuth2, OAuth2Source};
 use crate::policy::ratelimit::{RateLimits, RouteLimit};
 use crate::policy::{Chain, Member};
 use crate::router::Router;
@@ -70,6 +71,8 @@ pub struct RouteParts {
     pub jwt: Option<JwtVerifier>,
     /// With `keys.jwks_url`: where the keys come from.
     pub jwks: Option<JwksSource>,
+    /// With `oauth2`: the endpoint and the client secret.
+    pub oauth2: Option<OAuth2Source>,
     /// One a `rate_limit` entry, in order.
     pub limits: Vec<LimitSpec>,
     pub headers: HeaderRules,
@@ -476,6 +479,12 @@ fn route_chain(
     }
     if let Some(j) = route_jwt(r, carry, parts.jwt, parts.jwks) {
         members.push(Member::Jwt(j));
+    }
+    if let (Some(cfg), Some(source)) = (&p.oauth2, parts.oauth2) {
+        let policy = carry
+            .oauth2(&r.name, cfg)
+            .unwrap_or_else(|| Arc::new(OAuth2::new(&r.name, cfg, source)));
+        members.push(Member::OAuth2(policy));
     }
     if !p.rate_limit.is_empty() {
         let limits = p
