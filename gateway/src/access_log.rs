@@ -31,6 +31,8 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     pub trace_id: &'a str,
     pub client: &'a str,
+    /// Who the verified token says the caller is (`sub`, else `client_id`); never the token.
+    pub subject: Option<&'a str>,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -126,6 +128,7 @@ fn format_line(e: &Entry, now: SystemTime) -> String {
     field(&mut s, "request_id", Some(e.request_id));
     field(&mut s, "trace_id", Some(e.trace_id));
     field(&mut s, "client", Some(e.client));
+    field(&mut s, "subject", e.subject);
     field(&mut s, "method", Some(e.method));
     field(&mut s, "host", Some(e.host));
     field(&mut s, "path", Some(e.path));
@@ -209,6 +212,7 @@ mod tests {
             request_id: "abc",
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             client: "127.0.0.1",
+            subject: None,
             method: "GET",
             host: "h",
             path: "/a\"b\n",

@@ -29,6 +29,7 @@ use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
 use plugins::ratelimit::LimitSpec;
+use plugins::scope::Scopes;
 use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -342,6 +343,7 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
             }
         }
         if let Some(j) = &r.plugins.jwt {
+            rp.jwt_scopes = scopes(&mut errs, &format!("{p}.plugins.jwt"), &j.required_scopes);
             match jwt(j) {
                 Ok((verifier, remote)) => {
                     rp.jwt = Some(verifier);
@@ -883,17 +885,7 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
             .ok(),
         None => None,
     };
-    for (i, s) in o.required_scopes.iter().enumerate() {
-        let ok = !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-        if !ok {
-            errs.push(ConfigError::new(
-                format!("{p}.required_scopes[{i}]"),
-                "a scope is printable ASCII without spaces or quotes (RFC 6749 section 3.3)",
-            ));
-        }
-    }
+    let scopes = scopes(errs, p, &o.required_scopes);
     for (claim, header) in &o.forward_claims {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             errs.push(ConfigError::new(
@@ -919,7 +911,16 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
         url: url?,
         ca,
         secret: secret?,
+        scopes,
     })
+}
+
+/// A `required_scopes` list, checked.
+fn scopes(errs: &mut Vec<ConfigError>, p: &str, required: &[String]) -> Option<Scopes> {
+    Scopes::new(required)
+        .map_err(|(i, e)| errs.push(ConfigError::new(format!("{p}.required_scopes[{i}]"), e)))
+        .ok()
+        .flatten()
 }
 
 /// The header rules of one direction: each name and value checked, the valid ones kept.

@@ -22,4 +22,5 @@ pub mod key;
 pub mod policy;
 pub mod ratelimit;
 pub mod retry;
+pub mod scope;
 pub mod window;

@@ -480,3 +480,49 @@ routes:
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_scopes_from_the_scope_string_or_the_scp_list() {
+    std::env::set_var("GW_TEST_JWT_SCOPE_SECRET", "scope-secret-scope-secret");
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let yaml = format!(
+        r#"{}upstreams:
+  u: {{ targets: [{{ addr: "127.0.0.1:{}" }}] }}
+routes:
+  - name: w
+    upstream: u
+    plugins: {{ jwt: {{ algorithms: [HS256], keys: {{ secret_env: GW_TEST_JWT_SCOPE_SECRET }}, required_scopes: [orders.write] }} }}
+"#,
+        s.server_yaml(),
+        u.port()
+    );
+    let gw = s.start(&yaml);
+    let key = EncodingKey::from_secret(b"scope-secret-scope-secret");
+    let c = client();
+    let token = |extra: Value| {
+        let mut claims = json!({"sub": "u1", "exp": now() + 300});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        sign(Algorithm::HS256, &key, None, &claims)
+    };
+    for (extra, want) in [
+        (json!({"scope": "orders.read orders.write"}), 200),
+        (json!({"scp": ["orders.write"]}), 200),
+        (json!({"scope": "orders.read"}), 403),
+        (json!({}), 403),
+    ] {
+        let (status, headers, body) = call(&c, &gw.url("/x"), Some(&token(extra.clone()))).await;
+        assert_eq!(status, want, "{extra}");
+        if want == 403 {
+            assert_envelope(status, &body, 403);
+            assert_eq!(body["message"], "insufficient scope");
+            assert_eq!(
+                headers["www-authenticate"],
+                "Bearer error=\"insufficient_scope\", scope=\"orders.write\""
+            );
+        }
+    }
+}

@@ -192,6 +192,9 @@ pub struct JwtConfig {
     /// Let requests without a token through (a present but invalid token is still refused).
     #[serde(default)]
     pub optional: bool,
+    /// Scopes every token must carry (its `scope` string or `scp` list).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
     /// Verified tokens remembered, so a token's next use skips the signature check
     /// (`exp` and `nbf` are checked every time); 0 turns the cache off.
     #[serde(default = "default_jwt_cache")]

@@ -6,6 +6,7 @@ use crate::config::JwtConfig;
 use crate::jwks::RemoteJwks;
 use plugins::jwt::JwtVerifier;
 use plugins::policy::Request;
+use plugins::scope::Scopes;
 use plugins::{Facts, Flow, HeaderTarget, Policy};
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ pub struct Jwt {
     /// With `keys.jwks_url`: where the keys come from, and the settings they were made with
     /// (both kept across reloads that leave the `jwt` block as it was).
     pub remote: Option<(JwtConfig, Arc<RemoteJwks>)>,
+    pub scopes: Option<Scopes>,
 }
 
 impl Policy for Jwt {
@@ -31,6 +33,11 @@ impl Policy for Jwt {
         }
         match verdict {
             Ok(claims) => {
+                if let (Some(scopes), Some(c)) = (&self.scopes, &claims) {
+                    if let Err(e) = scopes.check(c) {
+                        return Flow::Respond(e);
+                    }
+                }
                 facts.claims = claims;
                 Flow::Continue
             }

@@ -25,6 +25,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use pingora_prometheus::prometheus::{Histogram, IntCounter};
 use plugins::policy::Request;
+use plugins::scope::Scopes;
 use plugins::{Facts, Flow, GatewayError, HeaderTarget, Policy};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -69,9 +70,7 @@ pub struct OAuth2 {
     basic: Option<HeaderValue>,
     /// `&client_id=...&client_secret=...`, with `client_secret_post`.
     post: String,
-    required: Vec<String>,
-    /// The `WWW-Authenticate` of a token without the required scopes.
-    scope_challenge: HeaderValue,
+    scopes: Option<Scopes>,
     forward: Vec<(String, HeaderName)>,
     cache: Mutex<Cache>,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
@@ -90,6 +89,8 @@ pub struct OAuth2Source {
     pub url: Url,
     pub ca: Option<Arc<CaType>>,
     pub secret: String,
+    /// The required scopes, checked.
+    pub scopes: Option<Scopes>,
 }
 
 impl OAuth2 {
@@ -113,10 +114,6 @@ impl OAuth2 {
                 ),
             ),
         };
-        let challenge = format!(
-            "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-            cfg.required_scopes.join(" ")
-        );
         let rate = f64::from(cfg.max_calls_per_sec.max(1));
         let result = |r: &str| METRICS.introspections.with_label_values(&[route, r]);
         OAuth2 {
@@ -126,10 +123,7 @@ impl OAuth2 {
             ca: source.ca,
             basic,
             post,
-            required: cfg.required_scopes.clone(),
-            scope_challenge: HeaderValue::from_str(&challenge).unwrap_or_else(|_| {
-                HeaderValue::from_static("Bearer error=\"insufficient_scope\"")
-            }),
+            scopes: source.scopes,
             forward: cfg
                 .forward_claims
                 .iter()
@@ -295,18 +289,8 @@ impl OAuth2 {
         if known.exp.is_some_and(|exp| exp <= unix_now()) {
             return Flow::Respond(invalid("token expired"));
         }
-        let missing: Vec<&str> = self
-            .required
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !has_scope(&claims, s))
-            .collect();
-        if !missing.is_empty() {
-            return Flow::Respond(
-                GatewayError::new(403, "insufficient scope")
-                    .with_data(serde_json::json!({ "missing": missing }))
-                    .with_header(http::header::WWW_AUTHENTICATE, self.scope_challenge.clone()),
-            );
+        if let Some(Err(e)) = self.scopes.as_ref().map(|s| s.check(&claims)) {
+            return Flow::Respond(e);
         }
         facts.claims = Some(claims);
         Flow::Continue
@@ -382,19 +366,6 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Whether the answer grants `scope`: in its space-separated `scope`, or its `scp` list.
-fn has_scope(claims: &Value, scope: &str) -> bool {
-    let in_string = claims
-        .get("scope")
-        .and_then(Value::as_str)
-        .is_some_and(|s| s.split(' ').any(|x| x == scope));
-    let in_list = claims
-        .get("scp")
-        .and_then(Value::as_array)
-        .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(scope)));
-    in_string || in_list
 }
 
 fn invalid(reason: &'static str) -> GatewayError {
@@ -496,14 +467,6 @@ mod tests {
             h.insert(http::header::AUTHORIZATION, HeaderValue::from_static(v));
             assert_eq!(bearer(&h), want, "{v:?}");
         }
-    }
-
-    #[test]
-    fn scopes_from_a_string_or_a_list() {
-        let a = serde_json::json!({ "scope": "read write" });
-        assert!(has_scope(&a, "read") && has_scope(&a, "write") && !has_scope(&a, "rea"));
-        let b = serde_json::json!({ "scp": ["read"] });
-        assert!(has_scope(&b, "read") && !has_scope(&b, "write"));
     }
 
     #[test]

@@ -603,6 +603,11 @@ impl Gateway {
             request_id: ctx.ids.request_id.to_str().unwrap_or(""),
             trace_id: std::str::from_utf8(&ctx.ids.trace_id).unwrap_or(""),
             client: &client,
+            subject: ctx.facts.claims.as_deref().and_then(|c| {
+                c.get("sub")
+                    .or_else(|| c.get("client_id"))
+                    .and_then(serde_json::Value::as_str)
+            }),
             method: req.method.as_str(),
             host,
             path: req.uri.path(),

@@ -84,6 +84,7 @@ impl<'a> Carry<'a> {
         Some(Jwt {
             verifier: old.verifier.clone(),
             remote: old.remote.clone(),
+            scopes: old.scopes.clone(),
         })
     }
 

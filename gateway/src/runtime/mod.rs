@@ -24,6 +24,7 @@ use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::JwtVerifier;
 use plugins::ratelimit::LimitSpec;
+use plugins::scope::Scopes;
 use plugins::HeaderRules;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +72,8 @@ pub struct RouteParts {
     pub jwt: Option<JwtVerifier>,
     /// With `keys.jwks_url`: where the keys come from.
     pub jwks: Option<JwksSource>,
+    /// The JWT's required scopes.
+    pub jwt_scopes: Option<Scopes>,
     /// With `oauth2`: the endpoint and the client secret.
     pub oauth2: Option<OAuth2Source>,
     /// One a `rate_limit` entry, in order.
@@ -477,7 +480,7 @@ fn route_chain(
     if let Some(c) = parts.cors {
         members.push(Member::Cors(c));
     }
-    if let Some(j) = route_jwt(r, carry, parts.jwt, parts.jwks) {
+    if let Some(j) = route_jwt(r, carry, parts.jwt, parts.jwks, parts.jwt_scopes) {
         members.push(Member::Jwt(j));
     }
     if let (Some(cfg), Some(source)) = (&p.oauth2, parts.oauth2) {
@@ -517,6 +520,7 @@ fn route_jwt(
     carry: &Carry,
     verifier: Option<JwtVerifier>,
     source: Option<JwksSource>,
+    scopes: Option<Scopes>,
 ) -> Option<Jwt> {
     let (Some(cfg), Some(verifier)) = (&r.plugins.jwt, verifier) else {
         return None;
@@ -525,6 +529,7 @@ fn route_jwt(
         return Some(Jwt {
             verifier: Arc::new(verifier),
             remote: None,
+            scopes,
         });
     };
     if let Some(kept) = carry.jwt(&r.name, cfg) {
@@ -543,6 +548,7 @@ fn route_jwt(
     Some(Jwt {
         verifier,
         remote: Some((cfg.clone(), Arc::new(remote))),
+        scopes,
     })
 }
 
