@@ -20,7 +20,7 @@ use crate::config::{
 };
 use crate::config::{CorsConfig, IpFilterConfig, JwtConfig};
 use crate::jwks::{JwksSource, JwksUrl};
-use crate::policy::oauth2::OAuth2Source;
+use crate::policy::oauth2::{Endpoint, OAuth2Source};
 use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
 use crate::upstream::resolve;
@@ -847,12 +847,29 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
 /// The checks of an `oauth2` block; the endpoint, its CA and the secret when they pass.
 fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Option<OAuth2Source> {
     let before = errs.len();
-    let url = Url::parse(
-        o.introspection_url.expose(),
-        &o.introspection_url.redacted(),
-    )
-    .map_err(|e| errs.push(ConfigError::new(format!("{p}.introspection_url"), e)))
-    .ok();
+    let endpoint = match (&o.introspection_url, &o.issuer) {
+        (Some(url), None) => Url::parse(url.expose(), &url.redacted())
+            .map(Endpoint::Fixed)
+            .map_err(|e| errs.push(ConfigError::new(format!("{p}.introspection_url"), e)))
+            .ok(),
+        (None, Some(issuer)) => {
+            let doc = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            Url::parse(&doc, &doc)
+                .map(|doc| Endpoint::discovered(doc, issuer.clone()))
+                .map_err(|e| errs.push(ConfigError::new(format!("{p}.issuer"), e)))
+                .ok()
+        }
+        _ => {
+            errs.push(ConfigError::new(
+                p,
+                "set exactly one of introspection_url, issuer",
+            ));
+            None
+        }
+    };
     if o.client_id.is_empty() {
         errs.push(ConfigError::new(
             format!("{p}.client_id"),
@@ -908,7 +925,7 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
         return None;
     }
     Some(OAuth2Source {
-        url: url?,
+        endpoint: endpoint?,
         ca,
         secret: secret?,
         scopes,
@@ -984,20 +1001,45 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
     let owned: Vec<u8>;
     let text: String;
     let mut remote = None;
-    let source = match (&k.secret_env, &k.public_key_pem, &k.jwks_file, &k.jwks_url) {
-        (None, None, None, Some(url)) => {
-            let url = JwksUrl::parse(url.expose(), &url.redacted())
-                .map_err(|e| ("keys.jwks_url".into(), e))?;
+    const ONE_OF: &str =
+        "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url, oidc_issuer";
+    // Keys fetched from a URL: the JWKS itself, or the one an OIDC issuer's discovery names.
+    let fetched = match (&k.jwks_url, &k.oidc_issuer) {
+        (Some(_), Some(_)) => return Err(("keys".into(), ONE_OF.into())),
+        (Some(url), None) => Some((
+            JwksUrl::parse(url.expose(), &url.redacted())
+                .map_err(|e| ("keys.jwks_url".into(), e))?,
+            None,
+        )),
+        (None, Some(issuer)) => {
+            let doc = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let url = JwksUrl::parse(&doc, &doc).map_err(|e| ("keys.oidc_issuer".into(), e))?;
+            Some((url, Some(issuer.clone())))
+        }
+        (None, None) => None,
+    };
+    let source = match (
+        &k.secret_env,
+        &k.public_key_pem,
+        &k.jwks_file,
+        fetched.is_some(),
+    ) {
+        (None, None, None, true) => {
             let ca = match &k.ca_file {
                 Some(ca) => {
                     Some(crate::upstream::load_ca(ca).map_err(|e| ("keys.ca_file".into(), e))?)
                 }
                 None => None,
             };
-            remote = Some(JwksSource { url, ca });
+            if let Some((url, issuer)) = fetched {
+                remote = Some(JwksSource { url, ca, issuer });
+            }
             KeySource::JwksLater
         }
-        (Some(var), None, None, None) => {
+        (Some(var), None, None, false) => {
             owned = std::env::var(var)
                 .map_err(|_| {
                     (
@@ -1008,7 +1050,7 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
                 .into_bytes();
             KeySource::Secret(&owned)
         }
-        (None, Some(file), None, None) => {
+        (None, Some(file), None, false) => {
             owned = std::fs::read(file).map_err(|e| {
                 (
                     "keys.public_key_pem".into(),
@@ -1017,17 +1059,12 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
             })?;
             KeySource::PublicPem(&owned)
         }
-        (None, None, Some(file), None) => {
+        (None, None, Some(file), false) => {
             text = std::fs::read_to_string(file)
                 .map_err(|e| ("keys.jwks_file".into(), format!("cannot read {file}: {e}")))?;
             KeySource::Jwks(&text)
         }
-        _ => {
-            return Err((
-                "keys".into(),
-                "set exactly one of secret_env, public_key_pem, jwks_file, jwks_url".into(),
-            ))
-        }
+        _ => return Err(("keys".into(), ONE_OF.into())),
     };
     let forward: Vec<(String, String)> = cfg
         .forward_claims
@@ -1038,7 +1075,7 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
         source,
         &JwtSettings {
             algorithms: &cfg.algorithms,
-            issuer: cfg.issuer.as_deref(),
+            issuer: cfg.issuer.as_deref().or(k.oidc_issuer.as_deref()),
             audience: cfg.audience.as_deref(),
             leeway_secs: cfg.leeway_secs,
             require_exp: cfg.require_exp,

@@ -19,13 +19,18 @@ pub type JwksUrl = crate::client::Url;
 
 /// Where a key set is fetched from, as the compile step's checks compiled it.
 pub struct JwksSource {
+    /// The JWKS, or with `issuer`, the issuer's discovery document.
     pub url: JwksUrl,
+    /// An OpenID Connect issuer: the document at `url` must name it and the JWKS.
+    pub issuer: Option<String>,
     /// The CAs that sign the key server's certificate; default: the system store.
     pub ca: Option<Arc<CaType>>,
 }
 
 pub struct RemoteJwks {
+    /// The JWKS, or with `issuer`, the issuer's discovery document.
     pub url: JwksUrl,
+    issuer: Option<String>,
     route: String,
     verifier: Arc<JwtVerifier>,
     refresh: Duration,
@@ -52,6 +57,7 @@ impl RemoteJwks {
     ) -> RemoteJwks {
         RemoteJwks {
             url: source.url,
+            issuer: source.issuer,
             route: route.to_string(),
             verifier,
             refresh,
@@ -138,8 +144,30 @@ impl RemoteJwks {
         result.is_ok()
     }
 
+    /// The key set: from the JWKS URL, or from the `jwks_uri` of the issuer's discovery
+    /// document (read again each time, so a moved JWKS is followed), whose `issuer` must be
+    /// the configured one (OpenID Connect Discovery 1.0, section 4.3).
     async fn fetch(&self) -> Result<String, String> {
-        let u = &self.url;
+        let Some(issuer) = &self.issuer else {
+            return self.get(&self.url).await;
+        };
+        let doc: serde_json::Value = serde_json::from_str(&self.get(&self.url).await?)
+            .map_err(|e| format!("discovery document: {e}"))?;
+        let named = doc.get("issuer").and_then(serde_json::Value::as_str);
+        if named != Some(issuer.as_str()) {
+            return Err(format!(
+                "the discovery document names issuer {named:?}, not {issuer:?}"
+            ));
+        }
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("the discovery document names no jwks_uri")?;
+        let url = JwksUrl::parse(jwks_uri, jwks_uri)?;
+        self.get(&url).await
+    }
+
+    async fn get(&self, u: &JwksUrl) -> Result<String, String> {
         let peer = u.peer(self.timeout, self.ca.clone()).await?;
         let mut req =
             RequestHeader::build("GET", u.target.as_bytes(), None).map_err(|e| e.to_string())?;

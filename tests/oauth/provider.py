@@ -5,13 +5,16 @@ Authlib (the RFC implementations are Authlib's; this file only stores clients an
   POST /oauth/token       client credentials grant (RFC 6749 section 4.4)
   POST /oauth/introspect  token introspection (RFC 7662), for the client `gateway`
   POST /oauth/revoke      token revocation (RFC 7009), by the client the token was issued to
-  GET  /.well-known/openid-configuration   where the endpoints are
-  GET  /stats             how many introspection calls were answered
+  GET  /.well-known/openid-configuration   where the endpoints and keys are (OIDC Discovery)
+  GET  /jwks.json         the keys that sign JWT access tokens (RFC 7517)
+  GET  /stats             how many introspection and JWKS calls were answered
   POST /admin/delay?ms=N  answer introspection calls N ms late (0: at once)
+  POST /admin/rotate      sign with a new key from now on; the old one leaves the JWKS
 
 Clients (client_secret_basic or client_secret_post):
   app / app-secret          scopes "read write", tokens live an hour
   short / short-secret      scope "read", tokens live 2 seconds
+  jwt-app / jwt-secret      scope "read", its tokens are JWTs (RS256, RFC 9068 claims)
   gateway / gateway-secret  the resource server that introspects
 
     python3 provider.py PORT
@@ -30,6 +33,8 @@ from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask, jsonify, request
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from werkzeug.serving import make_server
 
 METHODS = ("client_secret_basic", "client_secret_post")
@@ -107,11 +112,41 @@ CLIENTS = {
         Client("app", "app-secret", "read write", 3600),
         Client("short", "short-secret", "read", 2),
         Client("gateway", "gateway-secret", "", 3600),
+        Client("jwt-app", "jwt-secret", "read", 3600),
     ]
 }
 TOKENS = {}
-STATE = {"introspections": 0, "delay_ms": 0}
+STATE = {"introspections": 0, "jwks": 0, "delay_ms": 0, "kid": 0}
 LOCK = threading.Lock()
+KEY = None
+
+
+def new_key():
+    global KEY
+    with LOCK:
+        STATE["kid"] += 1
+        KEY = RSAKey.generate_key(
+            2048, parameters={"kid": f"k{STATE['kid']}", "use": "sig", "alg": "RS256"}
+        )
+
+
+def access_token(client, grant_type, user=None, scope=None):
+    if client.client_id != "jwt-app":
+        return generate_token(42)
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": client.client_id,
+        "client_id": client.client_id,
+        "aud": "api",
+        "scope": scope or client.scope,
+        "iat": now,
+        "exp": now + client.lifetime,
+        "jti": generate_token(16),
+    }
+    with LOCK:
+        key = KEY
+    return jwt.encode({"alg": "RS256", "kid": key.kid, "typ": "at+jwt"}, claims, key)
 
 
 def save_token(token, req):
@@ -163,7 +198,7 @@ server = AuthorizationServer(app, query_client=CLIENTS.get, save_token=save_toke
 server.register_token_generator(
     "default",
     BearerTokenGenerator(
-        access_token_generator=lambda **_: generate_token(42),
+        access_token_generator=access_token,
         expires_generator=lambda client, grant_type: client.lifetime,
     ),
 )
@@ -197,12 +232,26 @@ def revoke():
 def discovery():
     return jsonify(
         issuer=ISSUER,
+        jwks_uri=f"{ISSUER}/jwks.json",
         token_endpoint=f"{ISSUER}/oauth/token",
         introspection_endpoint=f"{ISSUER}/oauth/introspect",
         revocation_endpoint=f"{ISSUER}/oauth/revoke",
         grant_types_supported=["client_credentials"],
         token_endpoint_auth_methods_supported=list(METHODS),
     )
+
+
+@app.get("/jwks.json")
+def jwks():
+    with LOCK:
+        STATE["jwks"] += 1
+        return jsonify(keys=[KEY.as_dict(private=False)])
+
+
+@app.post("/admin/rotate")
+def rotate():
+    new_key()
+    return jsonify(STATE)
 
 
 @app.get("/stats")
@@ -221,6 +270,7 @@ def main():
     global ISSUER
     port = int(sys.argv[1])
     ISSUER = f"http://127.0.0.1:{port}"
+    new_key()
     httpd = make_server("127.0.0.1", port, app, threaded=True)
     print("ready", flush=True)
     httpd.serve_forever()

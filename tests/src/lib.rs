@@ -735,6 +735,15 @@ impl OAuthProvider {
         v["introspections"].as_u64().expect("stats")
     }
 
+    /// Sign JWT access tokens with a new key from now on (the old one leaves the JWKS).
+    pub async fn rotate(&self) {
+        crate::client()
+            .post(self.url("/admin/rotate"))
+            .send()
+            .await
+            .expect("provider answers");
+    }
+
     /// Answer introspection calls `ms` late from now on.
     pub async fn set_delay(&self, ms: u64) {
         crate::client()

@@ -262,3 +262,71 @@ async fn a_provider_that_refuses_stops_or_stalls_never_hangs_a_request() {
     let (status, _, _) = call(&gw.url("/refuse/x"), Some(&fresh)).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_endpoints_from_openid_connect_discovery_follow_a_rotation() {
+    let provider = OAuthProvider::start();
+    let u = Upstream::start("u").await;
+    let s = Setup::new();
+    let issuer = provider.url("");
+    let yaml = format!(
+        r#"{}upstreams:
+  u: {{ targets: [{{ addr: "127.0.0.1:{}" }}] }}
+routes:
+  - name: jwt
+    upstream: u
+    match: {{ path: {{ prefix: /jwt }} }}
+    plugins:
+      jwt:
+        algorithms: [RS256]
+        keys: {{ oidc_issuer: "{issuer}", refetch_min_secs: 0 }}
+        audience: api
+        required_scopes: [read]
+        forward_claims: {{ sub: x-subject }}
+  # Opaque tokens, the introspection endpoint found the same way.
+  - name: opaque
+    upstream: u
+    match: {{ path: {{ prefix: /opaque }} }}
+    plugins:
+      oauth2: {{ issuer: "{issuer}", client_id: gateway, client_secret: gateway-secret }}
+  # The document names the issuer without the slash: no keys ever load here.
+  - name: other
+    upstream: u
+    match: {{ path: {{ prefix: /other }} }}
+    plugins:
+      jwt:
+        algorithms: [RS256]
+        keys: {{ oidc_issuer: "{issuer}/", refetch_min_secs: 0 }}
+"#,
+        s.server_yaml(),
+        u.port()
+    );
+    let gw = s.start(&yaml);
+    let token = provider.token("jwt-app", "jwt-secret", None).await;
+    let (status, _, body) = call(&gw.url("/jwt/x"), Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(u.last().unwrap().headers["x-subject"], "jwt-app");
+
+    // The provider signs with a new key and drops the old one from its JWKS: a token with
+    // the new kid makes the gateway read the discovery document and the JWKS again.
+    provider.rotate().await;
+    let rotated = provider.token("jwt-app", "jwt-secret", None).await;
+    let (status, _, body) = call(&gw.url("/jwt/x"), Some(&rotated)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let opaque = provider.token("app", "app-secret", None).await;
+    let (status, _, body) = call(&gw.url("/opaque/x"), Some(&opaque)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = call(&gw.url("/opaque/x"), Some("made-up")).await;
+    assert_envelope(status, &body, 401);
+
+    // A document that names another issuer is not trusted.
+    let (status, _, body) = call(&gw.url("/other/x"), Some(&rotated)).await;
+    assert_envelope(status, &body, 401);
+    assert_eq!(body["data"]["reason"], "unknown key id");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("gateway_jwks_fetches_total{result=\"error\",route=\"other\"}"),
+        "{m}"
+    );
+}

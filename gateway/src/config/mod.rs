@@ -210,8 +210,13 @@ fn default_jwt_cache() -> usize {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
-    /// The provider's introspection endpoint (`http://` or `https://`).
-    pub introspection_url: SecretUrl,
+    /// The provider's introspection endpoint (`http://` or `https://`) ...
+    #[serde(default)]
+    pub introspection_url: Option<SecretUrl>,
+    /// ... or its OpenID Connect issuer: the endpoint is the `introspection_endpoint` of
+    /// `ISSUER/.well-known/openid-configuration`, whose `issuer` must be this exactly.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// The gateway's own client at the provider.
     pub client_id: String,
     /// Its secret, or (better) the environment variable that holds it: set exactly one.
@@ -289,7 +294,7 @@ fn default_leeway() -> u64 {
     30
 }
 
-/// Exactly one of `secret_env`, `public_key_pem`, `jwks_file`, `jwks_url`.
+/// Exactly one of `secret_env`, `public_key_pem`, `jwks_file`, `jwks_url`, `oidc_issuer`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtKeysConfig {
@@ -306,6 +311,12 @@ pub struct JwtKeysConfig {
     /// and again when a token names an unknown `kid`.
     #[serde(default)]
     pub jwks_url: Option<SecretUrl>,
+    /// An OpenID Connect issuer (`https://auth.example.com`): its discovery document
+    /// (`ISSUER/.well-known/openid-configuration`, whose `issuer` must be this exactly)
+    /// names the JWKS, fetched and refreshed as `jwks_url` is. Also the `issuer` tokens
+    /// must carry, unless `issuer` says otherwise.
+    #[serde(default)]
+    pub oidc_issuer: Option<String>,
     #[serde(default = "default_jwks_refresh")]
     pub refresh_secs: u64,
     /// Fetches for unknown key ids are at least this far apart.

@@ -64,7 +64,7 @@ pub struct OAuth2 {
     /// The settings this policy was built from; a reload that keeps them keeps the cache.
     pub cfg: OAuth2Config,
     route: String,
-    url: Url,
+    endpoint: Endpoint,
     ca: Option<Arc<CaType>>,
     /// `Authorization: Basic ...`, with `client_secret_basic`.
     basic: Option<HeaderValue>,
@@ -84,9 +84,34 @@ pub struct OAuth2 {
     duration: Histogram,
 }
 
+/// Where the introspection endpoint is.
+pub enum Endpoint {
+    Fixed(Url),
+    /// Named by an OpenID Connect issuer's discovery document at `doc`, read when first
+    /// needed, again every `DISCOVERY_REFRESH` and after a failed call.
+    Discovered {
+        doc: Url,
+        issuer: String,
+        found: Mutex<Option<(Url, u64)>>,
+    },
+}
+
+/// How long a discovered endpoint is used before the document is read again.
+const DISCOVERY_REFRESH_MS: u64 = 300_000;
+
+impl Endpoint {
+    pub fn discovered(doc: Url, issuer: String) -> Endpoint {
+        Endpoint::Discovered {
+            doc,
+            issuer,
+            found: Mutex::new(None),
+        }
+    }
+}
+
 /// The parts the compile step checked: the endpoint, its CA and the client secret.
 pub struct OAuth2Source {
-    pub url: Url,
+    pub endpoint: Endpoint,
     pub ca: Option<Arc<CaType>>,
     pub secret: String,
     /// The required scopes, checked.
@@ -119,7 +144,7 @@ impl OAuth2 {
         OAuth2 {
             cfg: cfg.clone(),
             route: route.to_string(),
-            url: source.url,
+            endpoint: source.endpoint,
             ca: source.ca,
             basic,
             post,
@@ -201,21 +226,79 @@ impl OAuth2 {
         result
     }
 
+    /// The introspection endpoint: the configured one, or the one the issuer's discovery
+    /// document names (OpenID Connect Discovery 1.0; the document's `issuer` must match).
+    async fn endpoint(&self, timeout: Duration) -> Result<Url, String> {
+        let (doc, issuer, found) = match &self.endpoint {
+            Endpoint::Fixed(url) => return Ok(url.clone()),
+            Endpoint::Discovered { doc, issuer, found } => (doc, issuer, found),
+        };
+        let now = crate::clock::now_ms();
+        if let Some((url, at)) = found.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if now < at + DISCOVERY_REFRESH_MS {
+                return Ok(url.clone());
+            }
+        }
+        let peer = doc.peer(timeout, self.ca.clone()).await?;
+        let mut req = RequestHeader::build("GET", doc.target.as_bytes(), Some(2))
+            .map_err(|e| e.to_string())?;
+        req.insert_header(http::header::HOST, doc.host_header())
+            .map_err(|e| e.to_string())?;
+        let answer = self
+            .client
+            .call(&peer, req, None, Body::Keep(MAX_ANSWER))
+            .await
+            .map_err(|e| format!("discovery: {e}"))?;
+        if answer.status != 200 {
+            return Err(format!(
+                "discovery: the provider answered {}",
+                answer.status
+            ));
+        }
+        let v: Value =
+            serde_json::from_slice(&answer.body).map_err(|e| format!("discovery document: {e}"))?;
+        let named = v.get("issuer").and_then(Value::as_str);
+        if named != Some(issuer.as_str()) {
+            return Err(format!(
+                "the discovery document names issuer {named:?}, not {issuer:?}"
+            ));
+        }
+        let at = v
+            .get("introspection_endpoint")
+            .and_then(Value::as_str)
+            .ok_or("the discovery document names no introspection_endpoint")?;
+        let url = Url::parse(at, at)?;
+        *found.lock().unwrap_or_else(|e| e.into_inner()) = Some((url.clone(), now));
+        Ok(url)
+    }
+
     /// One introspection call (RFC 7662 section 2.1).
     async fn introspect(&self, token: &str) -> Result<Known, String> {
         let timeout = Duration::from_millis(self.cfg.timeout_ms.max(1));
-        let peer = self.url.peer(timeout, self.ca.clone()).await?;
+        let url = self.endpoint(timeout).await?;
+        let result = self.call(&url, token, timeout).await;
+        if result.is_err() {
+            if let Endpoint::Discovered { found, .. } = &self.endpoint {
+                // The endpoint may have moved: read the document again next time.
+                *found.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        result
+    }
+
+    async fn call(&self, url: &Url, token: &str, timeout: Duration) -> Result<Known, String> {
+        let peer = url.peer(timeout, self.ca.clone()).await?;
         let body = format!(
             "token={}&token_type_hint=access_token{}",
             form(token),
             self.post
         );
-        let mut req = RequestHeader::build("POST", self.url.target.as_bytes(), Some(6))
+        let mut req = RequestHeader::build("POST", url.target.as_bytes(), Some(6))
             .map_err(|e| e.to_string())?;
         let fields = [
             (
                 http::header::HOST,
-                HeaderValue::from_str(&self.url.host_header()).ok(),
+                HeaderValue::from_str(&url.host_header()).ok(),
             ),
             (
                 http::header::CONTENT_TYPE,
