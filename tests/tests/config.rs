@@ -7,6 +7,8 @@ use tests::{gateway_bin, workspace_root, Setup};
 
 fn check(path: &std::path::Path) -> (bool, String, String) {
     let out = Command::new(gateway_bin())
+        // The secret conf/examples/identity.yaml reads from the environment.
+        .env("GATEWAY_OAUTH_SECRET", "example")
         .args(["-t", "-c"])
         .arg(path)
         .current_dir(workspace_root())

@@ -56,6 +56,8 @@ async fn tokens_from_the_provider_are_admitted_revoked_expired_and_scoped() {
             &provider,
             "        required_scopes: [write]\n        auth_method: client_secret_post\n",
         ),
+        route("limited", "/limited", &provider, "")
+            + "      rate_limit: [{ algorithm: sliding_window, key: \"claim:sub\", limit: 2, window_secs: 60 }]\n",
     ];
     let yaml = config(&s, &u, &routes);
     let gw = s.start(&yaml);
@@ -89,6 +91,13 @@ async fn tokens_from_the_provider_are_admitted_revoked_expired_and_scoped() {
     );
     let (status, _, _) = call(&gw.url("/admin/x"), Some(&token)).await;
     assert_eq!(status, 200);
+
+    // The answer's claims key rate limits: each client has its own two requests.
+    let other = provider.token("short", "short-secret", None).await;
+    for (t, want) in [(&token, 200), (&token, 200), (&token, 429), (&other, 200)] {
+        let (status, _, _) = call(&gw.url("/limited/x"), Some(t)).await;
+        assert_eq!(status, want);
+    }
 
     // Revoked at the provider: still admitted from the cache, refused once its TTL (1 s) passed.
     provider.revoke("app", "app-secret", &token).await;
@@ -319,6 +328,18 @@ routes:
     assert_eq!(status, 200, "{body}");
     let (status, _, body) = call(&gw.url("/opaque/x"), Some("made-up")).await;
     assert_envelope(status, &body, 401);
+
+    // The client secret written in the file never leaves the gateway.
+    let config = client()
+        .get(gw.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(config.contains("\"client_id\":\"gateway\""), "{config}");
+    assert!(!config.contains("gateway-secret"), "{config}");
 
     // A document that names another issuer is not trusted.
     let (status, _, body) = call(&gw.url("/other/x"), Some(&rotated)).await;
