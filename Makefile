@@ -21,9 +21,10 @@ deps:
 deps-run: deps deps-oauth
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
+PIP_INSTALL = python3 -m pip install -q --disable-pip-version-check
 deps-oauth:
-	@python3 -c 'import authlib, flask' 2>/dev/null \
-		|| python3 -m pip install -q --disable-pip-version-check authlib==1.9.6 flask==3.1.3
+	@python3 -c 'import authlib, flask' 2>/dev/null || $(PIP_INSTALL) authlib==1.9.6 flask==3.1.3 \
+		|| $(PIP_INSTALL) --break-system-packages authlib==1.9.6 flask==3.1.3
 
 # promtool checks the alert rules; dnsmasq, redis-server and the OAuth 2.0 provider are real
 # servers the tests start.
