@@ -18,7 +18,8 @@ bottleneck) and its peak resident memory; then medians and the ratios.
 
 Environment: ROUNDS (3), DURATION seconds per round (10), CONNECTIONS (50),
 GATEWAY_BIN (target/release/gateway), PINGORA_BIN (target/release/bare-pingora),
-QUOTA_HEADERS (the chain's rate limits' `headers` setting; unset: the default, both).
+QUOTA_HEADERS (the chain's rate limits' `headers` setting; unset: the default, both),
+ACCESS_LOG (the gateway's access log: off, stdout or file; default off).
 Everything listens on 127.0.0.1 only.
 """
 
@@ -47,6 +48,8 @@ PINGORA_BIN = os.environ.get("PINGORA_BIN", os.path.join(ROOT, "target/release/b
 PINGORA_MI_BIN = PINGORA_BIN + "-mimalloc"
 # The chain's rate limits' `headers` setting (both, ratelimit, x-ratelimit, none); unset: the default.
 QUOTA_HEADERS = os.environ.get("QUOTA_HEADERS", "")
+# The gateway's access log in the benches: off (default), stdout, or file.
+ACCESS_LOG = os.environ.get("ACCESS_LOG", "off")
 JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -168,12 +171,14 @@ http {{
 
 
 def server_block(d, port, extra=""):
-    """The gateway's `server:` block for the benches: one worker, access log off."""
+    """The gateway's `server:` block for the benches: one worker, the access log as ACCESS_LOG
+    says (off; `file` writes it to the bench's directory)."""
+    log = f"{d}/access.log" if ACCESS_LOG == "file" else ACCESS_LOG
     return f"""
 server:
   listen: ["127.0.0.1:{port}"]
   threads: 1
-  access_log: "off"
+  access_log: "{log}"
   pid_file: {d}/gateway.pid
   upgrade_sock: {d}/gateway.sock
 {extra}"""

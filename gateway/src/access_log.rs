@@ -1,29 +1,49 @@
 //! The access log: one JSON object a line, written by its own thread so a slow disk never
-//! stalls a request. Lines queue in a bounded channel; when it is full a line is dropped
-//! and counted rather than blocking the proxy.
+//! stalls a request.
+//!
+//! Cost per request: a line is formatted into a buffer the worker thread reuses (no
+//! allocation), then appended to the shared batch under a short lock; nothing wakes the
+//! writer. The writer thread wakes every `FLUSH_EVERY` (or when `FLUSH_BYTES` wait), takes
+//! the whole batch and writes it at once. A batch that grows past `MAX_PENDING` (the disk
+//! cannot keep up) drops lines and counts them rather than blocking the proxy.
 //!
 //! The file is opened at start (so a bad path is refused before serving), but the writer
 //! thread starts only with [`AccessLog::start_writer`], which the daemon calls from a
 //! background service: after `-d` has forked, since a thread started before the fork does
 //! not exist in the daemon.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const QUEUE: usize = 16 * 1024;
-
-type Writer = (Receiver<String>, Box<dyn Write + Send>);
+/// The writer wakes at least this often when lines wait.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// ... and at once when this much waits.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Lines beyond this much waiting are dropped and counted.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    shared: Option<Arc<Shared>>,
     dropped: Arc<AtomicU64>,
-    /// The writer's end, until its thread starts.
-    pending: Arc<Mutex<Option<Writer>>>,
+    /// The sink, until the writer thread starts.
+    pending: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
+}
+
+struct Shared {
+    /// Lines waiting for the writer.
+    batch: Mutex<Vec<u8>>,
+    /// The writer thread, woken when a batch is large.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+thread_local! {
+    /// Where a worker thread formats its lines.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
 /// The fields of one line.
@@ -53,7 +73,7 @@ impl AccessLog {
         let sink: Box<dyn Write + Send> = match dest {
             "off" => {
                 return Ok(AccessLog {
-                    tx: None,
+                    shared: None,
                     dropped,
                     pending,
                 })
@@ -62,33 +82,40 @@ impl AccessLog {
             // Opened again by its path after SIGUSR1 or a reload (logrotate).
             path => Box::new(crate::logging::LogFile::open(std::path::Path::new(path))?),
         };
-        let (tx, rx) = sync_channel(QUEUE);
-        *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((rx, sink));
+        *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
         Ok(AccessLog {
-            tx: Some(tx),
+            shared: Some(Arc::new(Shared {
+                batch: Mutex::new(Vec::with_capacity(FLUSH_BYTES * 2)),
+                writer: OnceLock::new(),
+            })),
             dropped,
             pending,
         })
     }
 
     /// Start the writer thread (once; later calls do nothing). Lines written before it
-    /// starts wait in the queue.
+    /// starts wait in the batch.
     pub fn start_writer(&self) -> std::io::Result<()> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
         let taken = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some((rx, sink)) = taken {
-            std::thread::Builder::new()
+        if let Some(sink) = taken {
+            let shared2 = shared.clone();
+            let t = std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || write_loop(rx, sink))?;
+                .spawn(move || write_loop(shared2, sink))?;
+            let _ = shared.writer.set(t.thread().clone());
         }
         Ok(())
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.shared.is_some()
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -97,56 +124,92 @@ impl AccessLog {
     }
 
     pub fn write(&self, e: &Entry) {
-        let Some(tx) = &self.tx else { return };
-        let line = format_line(e, SystemTime::now());
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let Some(shared) = &self.shared else { return };
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            format_into(&mut line, e, SystemTime::now());
+            let mut batch = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
+            let before = batch.len();
+            if before + line.len() > MAX_PENDING {
+                drop(batch);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
             }
+            batch.extend_from_slice(line.as_bytes());
+            let large = before < FLUSH_BYTES && batch.len() >= FLUSH_BYTES;
+            drop(batch);
+            if large {
+                if let Some(t) = shared.writer.get() {
+                    t.unpark();
+                }
+            }
+        });
+    }
+}
+
+fn write_loop(shared: Arc<Shared>, mut sink: Box<dyn Write + Send>) {
+    let mut taken = Vec::with_capacity(FLUSH_BYTES * 2);
+    loop {
+        std::thread::park_timeout(FLUSH_EVERY);
+        {
+            let mut batch = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if batch.is_empty() {
+                continue;
+            }
+            std::mem::swap(&mut *batch, &mut taken);
+        }
+        let _ = sink.write_all(&taken);
+        let _ = sink.flush();
+        taken.clear();
+        // After a burst, give the memory back.
+        if taken.capacity() > MAX_PENDING / 8 {
+            taken.shrink_to(FLUSH_BYTES * 2);
         }
     }
 }
 
-fn write_loop(rx: Receiver<String>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        // Batch whatever else is already queued, then flush once.
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
-        }
-        let _ = out.flush();
-    }
-}
-
+#[cfg(test)]
 fn format_line(e: &Entry, now: SystemTime) -> String {
-    let mut s = String::with_capacity(320);
-    s.push_str("{\"ts\":\"");
-    push_rfc3339(&mut s, now);
-    s.push('"');
-    field(&mut s, "request_id", Some(e.request_id));
-    field(&mut s, "trace_id", Some(e.trace_id));
-    field(&mut s, "client", Some(e.client));
-    field(&mut s, "subject", e.subject);
-    field(&mut s, "method", Some(e.method));
-    field(&mut s, "host", Some(e.host));
-    field(&mut s, "path", Some(e.path));
-    field(&mut s, "route", e.route);
-    field(&mut s, "upstream", e.upstream);
-    field(&mut s, "target", e.target);
-    let _ = write!(
-        s,
-        ",\"status\":{},\"duration_ms\":{:.3},\"bytes_sent\":{}",
-        e.status, e.duration_ms, e.bytes_sent
-    );
-    field(&mut s, "error", e.error);
-    s.push_str("}\n");
+    let mut s = String::new();
+    format_into(&mut s, e, now);
     s
 }
 
+fn format_into(s: &mut String, e: &Entry, now: SystemTime) {
+    s.push_str("{\"ts\":\"");
+    push_rfc3339(s, now);
+    s.push('"');
+    field(s, "request_id", Some(e.request_id));
+    field(s, "trace_id", Some(e.trace_id));
+    field(s, "client", Some(e.client));
+    field(s, "subject", e.subject);
+    field(s, "method", Some(e.method));
+    field(s, "host", Some(e.host));
+    field(s, "path", Some(e.path));
+    field(s, "route", e.route);
+    field(s, "upstream", e.upstream);
+    field(s, "target", e.target);
+    let mut n = itoa::Buffer::new();
+    s.push_str(",\"status\":");
+    s.push_str(n.format(e.status));
+    // Milliseconds with three decimals, from whole microseconds.
+    let us = (e.duration_ms * 1000.0).round().max(0.0) as u64;
+    s.push_str(",\"duration_ms\":");
+    s.push_str(n.format(us / 1000));
+    push_millis(s, (us % 1000) as u32);
+    s.push_str(",\"bytes_sent\":");
+    s.push_str(n.format(e.bytes_sent));
+    field(s, "error", e.error);
+    s.push_str("}\n");
+}
+
 fn field(s: &mut String, key: &str, value: Option<&str>) {
-    let _ = write!(s, ",\"{key}\":");
+    s.push_str(",\"");
+    s.push_str(key);
+    s.push_str("\":");
     match value {
         Some(v) => push_json_str(s, v),
         None => s.push_str("null"),
@@ -171,10 +234,44 @@ fn push_json_str(s: &mut String, v: &str) {
     s.push('"');
 }
 
-/// UTC time as `2026-11-27T06:45:30.123Z`.
+thread_local! {
+    /// The date and time to the second of the last line this thread wrote, formatted.
+    static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// UTC time as `2026-11-27T06:45:30.123Z`; the part to the second is formatted once a
+/// second per thread.
 fn push_rfc3339(s: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    let millis = d.subsec_millis();
+    STAMP.with(|stamp| {
+        let Ok(mut stamp) = stamp.try_borrow_mut() else {
+            return format_rfc3339(s, secs, millis);
+        };
+        if stamp.0 != secs {
+            stamp.1.clear();
+            format_rfc3339(&mut stamp.1, secs, 0);
+            // Keep `YYYY-MM-DDTHH:MM:SS` only.
+            stamp.1.truncate(19);
+            stamp.0 = secs;
+        }
+        s.push_str(&stamp.1);
+        push_millis(s, millis);
+        s.push('Z');
+    })
+}
+
+/// `.` then three digits.
+fn push_millis(s: &mut String, millis: u32) {
+    let m = millis.min(999);
+    s.push('.');
+    for d in [m / 100, m / 10 % 10, m % 10] {
+        s.push(char::from(b'0' + d as u8));
+    }
+}
+
+fn format_rfc3339(s: &mut String, secs: u64, millis: u32) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
     let _ = write!(
@@ -183,7 +280,7 @@ fn push_rfc3339(s: &mut String, t: SystemTime) {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_millis()
+        millis
     );
 }
 
@@ -231,5 +328,16 @@ mod tests {
         assert_eq!(v["status"], 404);
         assert_eq!(v["upstream"], serde_json::Value::Null);
         assert_eq!(v["ts"], "2026-11-18T11:06:40.123Z");
+        assert_eq!(v["duration_ms"], 1.5);
+        // The same second again (the cached part), another millisecond, a short duration.
+        let e = Entry {
+            duration_ms: 0.0042,
+            ..e
+        };
+        let line = format_line(&e, t + Duration::from_millis(5));
+        assert!(line.contains("\"ts\":\"2026-11-18T11:06:40.128Z\""), "{line}");
+        assert!(line.contains("\"duration_ms\":0.004,"), "{line}");
+        let line = format_line(&e, t + Duration::from_secs(86_400));
+        assert!(line.contains("\"ts\":\"2026-11-19T11:06:40.123Z\""), "{line}");
     }
 }
