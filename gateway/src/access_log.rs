@@ -50,7 +50,7 @@ thread_local! {
 pub struct Entry<'a> {
     pub request_id: &'a str,
     pub trace_id: &'a str,
-    pub client: &'a str,
+    pub client: Option<std::net::IpAddr>,
     /// Who the verified token says the caller is (`sub`, else `client_id`); never the token.
     pub subject: Option<&'a str>,
     pub method: &'a str,
@@ -58,7 +58,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    pub target: Option<&'a str>,
+    pub target: Option<std::net::SocketAddr>,
     pub status: u16,
     pub duration_ms: f64,
     pub bytes_sent: usize,
@@ -183,15 +183,37 @@ fn format_into(s: &mut String, e: &Entry, now: SystemTime) {
     push_rfc3339(s, now);
     s.push('"');
     field(s, "request_id", Some(e.request_id));
-    field(s, "trace_id", Some(e.trace_id));
-    field(s, "client", Some(e.client));
+    // Lowercase hex, nothing to escape.
+    raw(s, "trace_id", e.trace_id);
+    s.push_str(",\"client\":\"");
+    if let Some(ip) = e.client {
+        s.push_str(plugins::ipfilter::IpText::new(ip).as_str());
+    }
+    s.push('"');
     field(s, "subject", e.subject);
-    field(s, "method", Some(e.method));
+    // A method is an HTTP token: no quote, backslash or control character.
+    raw(s, "method", e.method);
     field(s, "host", Some(e.host));
     field(s, "path", Some(e.path));
     field(s, "route", e.route);
     field(s, "upstream", e.upstream);
-    field(s, "target", e.target);
+    s.push_str(",\"target\":");
+    match e.target {
+        Some(t) => {
+            s.push('"');
+            if t.is_ipv6() {
+                s.push('[');
+            }
+            s.push_str(plugins::ipfilter::IpText::new(t.ip()).as_str());
+            if t.is_ipv6() {
+                s.push(']');
+            }
+            s.push(':');
+            s.push_str(itoa::Buffer::new().format(t.port()));
+            s.push('"');
+        }
+        None => s.push_str("null"),
+    }
     let mut n = itoa::Buffer::new();
     s.push_str(",\"status\":");
     s.push_str(n.format(e.status));
@@ -206,6 +228,15 @@ fn format_into(s: &mut String, e: &Entry, now: SystemTime) {
     s.push_str("}\n");
 }
 
+/// A field whose value needs no escaping.
+fn raw(s: &mut String, key: &str, value: &str) {
+    s.push_str(",\"");
+    s.push_str(key);
+    s.push_str("\":\"");
+    s.push_str(value);
+    s.push('"');
+}
+
 fn field(s: &mut String, key: &str, value: Option<&str>) {
     s.push_str(",\"");
     s.push_str(key);
@@ -218,19 +249,28 @@ fn field(s: &mut String, key: &str, value: Option<&str>) {
 
 fn push_json_str(s: &mut String, v: &str) {
     s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
+    // Runs of plain bytes are copied whole; only ASCII is escaped, so every cut is on a
+    // character boundary.
+    let mut start = 0;
+    for (i, b) in v.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        s.push_str(&v[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(s, "\\u{b:04x}");
+        } else {
+            s.push_str(escaped);
         }
+        start = i + 1;
     }
+    s.push_str(&v[start..]);
     s.push('"');
 }
 
@@ -308,7 +348,7 @@ mod tests {
         let e = Entry {
             request_id: "abc",
             trace_id: "0af7651916cd43dd8448eb211c80319c",
-            client: "127.0.0.1",
+            client: Some("127.0.0.1".parse().unwrap()),
             subject: None,
             method: "GET",
             host: "h",
@@ -337,6 +377,16 @@ mod tests {
         let line = format_line(&e, t + Duration::from_millis(5));
         assert!(line.contains("\"ts\":\"2026-11-18T11:06:40.128Z\""), "{line}");
         assert!(line.contains("\"duration_ms\":0.004,"), "{line}");
+        let e = Entry {
+            path: "/é\u{1}x",
+            client: Some("2001:db8::1".parse().unwrap()),
+            target: Some("[::1]:8080".parse().unwrap()),
+            ..e
+        };
+        let v: serde_json::Value = serde_json::from_str(&format_line(&e, t)).unwrap();
+        assert_eq!(v["path"], "/é\u{1}x");
+        assert_eq!(v["client"], "2001:db8::1");
+        assert_eq!(v["target"], "[::1]:8080");
         let line = format_line(&e, t + Duration::from_secs(86_400));
         assert!(line.contains("\"ts\":\"2026-11-19T11:06:40.123Z\""), "{line}");
     }

@@ -590,19 +590,18 @@ impl Gateway {
 
     fn log_access(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
         let req = session.req_header();
-        let client = ctx
-            .client_ip
-            .or_else(|| head::peer_ip(session))
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let client = ctx.client_ip.or_else(|| head::peer_ip(session));
         let host = head::request_host(req).ok().flatten().unwrap_or("");
-        let target = ctx.attempt.target.map(|t| t.to_string());
-        let error = e.map(|e| e.to_string());
+        // Why Pingora ended the request, when the gateway did not say (rare).
+        let error = match ctx.error {
+            Some(_) => None,
+            None => e.map(|e| e.to_string()),
+        };
         let route = ctx.route();
         self.access_log.write(&Entry {
             request_id: ctx.ids.request_id.to_str().unwrap_or(""),
             trace_id: std::str::from_utf8(&ctx.ids.trace_id).unwrap_or(""),
-            client: &client,
+            client,
             subject: ctx.facts.claims.as_deref().and_then(|c| {
                 c.get("sub")
                     .or_else(|| c.get("client_id"))
@@ -613,7 +612,7 @@ impl Gateway {
             path: req.uri.path(),
             route: route.map(|r| r.name.as_str()),
             upstream: ctx.upstream().map(|u| u.name.as_str()),
-            target: target.as_deref(),
+            target: ctx.attempt.target,
             status,
             duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
             bytes_sent: session.body_bytes_sent(),
