@@ -375,7 +375,10 @@ mod tests {
             ..e
         };
         let line = format_line(&e, t + Duration::from_millis(5));
-        assert!(line.contains("\"ts\":\"2026-11-18T11:06:40.128Z\""), "{line}");
+        assert!(
+            line.contains("\"ts\":\"2026-11-18T11:06:40.128Z\""),
+            "{line}"
+        );
         assert!(line.contains("\"duration_ms\":0.004,"), "{line}");
         let e = Entry {
             path: "/é\u{1}x",
@@ -388,6 +391,9 @@ mod tests {
         assert_eq!(v["client"], "2001:db8::1");
         assert_eq!(v["target"], "[::1]:8080");
         let line = format_line(&e, t + Duration::from_secs(86_400));
-        assert!(line.contains("\"ts\":\"2026-11-19T11:06:40.123Z\""), "{line}");
+        assert!(
+            line.contains("\"ts\":\"2026-11-19T11:06:40.123Z\""),
+            "{line}"
+        );
     }
 }
