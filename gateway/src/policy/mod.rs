@@ -19,7 +19,7 @@
 //!
 //! A new policy is a file here (or in `plugins`) implementing [`Policy`], a variant of
 //! [`Member`], and its place in the list `runtime::route_chain` builds. Dispatch is a `match`,
-//! not a virtual call: no future is boxed, and a route without policies costs one empty loop.
+//! not a virtual call: no future is boxed, and a route without policies skips its chain.
 
 pub mod ban;
 pub mod jwt;
