@@ -780,6 +780,27 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` with `Authorization: Bearer TOKEN` (when given) and a client-sent copy of a
+/// header the gateway must not let through (`spoofed`, set to `spoofed-admin`); status,
+/// headers and the body as JSON (Null if not JSON).
+pub async fn get_with_bearer(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    spoofed: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut rb = c.get(url).header(spoofed, "spoofed-admin");
+    if let Some(t) = token {
+        rb = rb.header("authorization", format!("Bearer {t}"));
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap_or_default();
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
 /// GET `url` and return status, headers and the body parsed as JSON (Null if not JSON).
 pub async fn get_json(
     c: &reqwest::Client,

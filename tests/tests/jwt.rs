@@ -58,15 +58,7 @@ async fn call(
     url: &str,
     token: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut rb = c.get(url).header("x-user-id", "spoofed-admin");
-    if let Some(t) = token {
-        rb = rb.header("authorization", format!("Bearer {t}"));
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.json().await.unwrap_or(Value::Null);
-    (status, headers, body)
+    tests::get_with_bearer(c, url, token, "x-user-id").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

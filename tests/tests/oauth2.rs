@@ -25,15 +25,7 @@ fn config(s: &Setup, u: &Upstream, routes: &[String]) -> String {
 }
 
 async fn call(url: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut rb = client().get(url).header("x-subject", "spoofed-admin");
-    if let Some(t) = token {
-        rb = rb.header("authorization", format!("Bearer {t}"));
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.json().await.unwrap_or(Value::Null);
-    (status, headers, body)
+    tests::get_with_bearer(&client(), url, token, "x-subject").await
 }
 
 fn challenge(h: &reqwest::header::HeaderMap) -> String {

@@ -249,7 +249,7 @@ impl Runtime {
 
     /// Build the runtime of a config the checks accepted, from the `parts` they compiled
     /// (through [`crate::compile::compile`], which names a fault's YAML path). The state
-    /// `previous` holds passes over as [`carry`] decides.
+    /// `previous` holds passes over as [`Carry`] decides.
     pub fn build(
         config: &Config,
         generation: u64,
