@@ -29,6 +29,7 @@ use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
 use plugins::ratelimit::LimitSpec;
+use plugins::claims::ForwardClaims;
 use plugins::scope::Scopes;
 use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashSet;
@@ -903,14 +904,9 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
         None => None,
     };
     let scopes = scopes(errs, p, &o.required_scopes);
-    for (claim, header) in &o.forward_claims {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            errs.push(ConfigError::new(
-                format!("{p}.forward_claims.{claim}"),
-                "invalid header name",
-            ));
-        }
-    }
+    let forward = ForwardClaims::new(&o.forward_claims)
+        .map_err(|(path, e)| errs.push(ConfigError::new(format!("{p}.{path}"), e)))
+        .ok();
     nonzero(
         errs,
         p,
@@ -929,6 +925,7 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
         ca,
         secret: secret?,
         scopes,
+        forward: forward?,
     })
 }
 

@@ -5,6 +5,7 @@
 //! family, so `alg: none` and a token signed with HS256 using an RSA public key as the secret
 //! are refused.
 
+use crate::claims::ForwardClaims;
 use crate::GatewayError;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::jwk::JwkSet;
@@ -70,7 +71,7 @@ pub struct JwtVerifier {
     /// One prepared validation per accepted algorithm.
     validations: HashMap<Algorithm, Validation>,
     optional: bool,
-    forward: Vec<(String, HeaderName)>,
+    forward: ForwardClaims,
 }
 
 pub struct JwtSettings<'a> {
@@ -183,18 +184,7 @@ impl JwtVerifier {
             }
             validations.insert(alg, v);
         }
-        let mut forward = Vec::new();
-        for (claim, header) in s.forward_claims {
-            forward.push((
-                claim.clone(),
-                HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                    (
-                        format!("forward_claims.{claim}"),
-                        format!("invalid header name {header:?}"),
-                    )
-                })?,
-            ));
-        }
+        let forward = ForwardClaims::new(s.forward_claims.iter().map(|(c, h)| (c, h)))?;
         Ok(JwtVerifier {
             keys: arc_swap::ArcSwap::from_pointee(keys),
             keys_generation: AtomicU64::new(0),
@@ -368,20 +358,12 @@ impl JwtVerifier {
         &'a self,
         claims: Option<&'a Value>,
     ) -> impl Iterator<Item = (&'a HeaderName, Option<HeaderValue>)> + 'a {
-        self.forward.iter().map(move |(claim, header)| {
-            let value = claims.and_then(|c| c.get(claim)).and_then(|v| match v {
-                Value::String(s) => HeaderValue::from_str(s).ok(),
-                Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
-                Value::Bool(b) => Some(HeaderValue::from_static(if *b { "true" } else { "false" })),
-                _ => None,
-            });
-            (header, value)
-        })
+        self.forward.values(claims)
     }
 
-    /// The forwarded header names, to strip from client requests.
-    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.forward.iter().map(|(_, h)| h)
+    /// The claims forwarded upstream.
+    pub fn forward_claims(&self) -> &ForwardClaims {
+        &self.forward
     }
 }
 

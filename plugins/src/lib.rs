@@ -15,6 +15,7 @@ pub use headers::{HeaderOps, HeaderRules, HeaderTarget};
 pub use policy::{Facts, Flow, Policy};
 pub mod autoban;
 pub mod breaker;
+pub mod claims;
 pub mod cors;
 pub mod ipfilter;
 pub mod jwt;

@@ -47,11 +47,8 @@ impl Policy for Jwt {
 
     /// A client-sent header of a forwarded claim's name never passes.
     fn upstream_request(&self, facts: &Facts, headers: &mut impl HeaderTarget) {
-        for (name, value) in self.verifier.forwarded(facts.claims.as_deref()) {
-            headers.remove_header(name);
-            if let Some(v) = value {
-                headers.set_header(name, v);
-            }
-        }
+        self.verifier
+            .forward_claims()
+            .apply(facts.claims.as_deref(), headers);
     }
 }

@@ -24,6 +24,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use pingora_prometheus::prometheus::{Histogram, IntCounter};
+use plugins::claims::ForwardClaims;
 use plugins::policy::Request;
 use plugins::scope::Scopes;
 use plugins::{Facts, Flow, GatewayError, HeaderTarget, Policy};
@@ -71,7 +72,7 @@ pub struct OAuth2 {
     /// `&client_id=...&client_secret=...`, with `client_secret_post`.
     post: String,
     scopes: Option<Scopes>,
-    forward: Vec<(String, HeaderName)>,
+    forward: ForwardClaims,
     cache: Mutex<Cache>,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
     budget: Mutex<Bucket>,
@@ -116,6 +117,7 @@ pub struct OAuth2Source {
     pub secret: String,
     /// The required scopes, checked.
     pub scopes: Option<Scopes>,
+    pub forward: ForwardClaims,
 }
 
 impl OAuth2 {
@@ -149,13 +151,7 @@ impl OAuth2 {
             basic,
             post,
             scopes: source.scopes,
-            forward: cfg
-                .forward_claims
-                .iter()
-                .filter_map(|(claim, h)| {
-                    Some((claim.clone(), HeaderName::from_bytes(h.as_bytes()).ok()?))
-                })
-                .collect(),
+            forward: source.forward,
             cache: Mutex::new(Cache::new(cfg.cache_entries)),
             inflight: Mutex::new(HashMap::new()),
             budget: Mutex::new(Bucket {
@@ -422,24 +418,7 @@ impl Policy for OAuth2 {
 
     /// A client-sent header of a forwarded claim's name never passes.
     fn upstream_request(&self, facts: &Facts, headers: &mut impl HeaderTarget) {
-        for (claim, name) in &self.forward {
-            headers.remove_header(name);
-            let value = facts
-                .claims
-                .as_deref()
-                .and_then(|c| c.get(claim))
-                .and_then(|v| match v {
-                    Value::String(s) => HeaderValue::from_str(s).ok(),
-                    Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
-                    Value::Bool(b) => {
-                        Some(HeaderValue::from_static(if *b { "true" } else { "false" }))
-                    }
-                    _ => None,
-                });
-            if let Some(v) = value {
-                headers.set_header(name, v);
-            }
-        }
+        self.forward.apply(facts.claims.as_deref(), headers);
     }
 }
 
