@@ -133,6 +133,31 @@ impl Default for Client {
 }
 
 impl Client {
+    /// GET `url` for JSON: the body of a 200 answer, at most `max` bytes.
+    pub async fn get(
+        &self,
+        url: &Url,
+        timeout: Duration,
+        ca: Option<Arc<CaType>>,
+        max: usize,
+    ) -> Result<Bytes, String> {
+        let peer = url.peer(timeout, ca).await?;
+        let mut req = RequestHeader::build("GET", url.target.as_bytes(), Some(2))
+            .map_err(|e| e.to_string())?;
+        req.insert_header(http::header::HOST, url.host_header())
+            .map_err(|e| e.to_string())?;
+        req.insert_header(http::header::ACCEPT, "application/json")
+            .map_err(|e| e.to_string())?;
+        let answer = self
+            .call(&peer, req, None, Body::Keep(max))
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.status != 200 {
+            return Err(format!("status {}", answer.status));
+        }
+        Ok(answer.body)
+    }
+
     /// Send `req` (with `body`, if any) to `peer` and read the answer.
     pub async fn call(
         &self,

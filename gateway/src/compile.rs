@@ -25,11 +25,11 @@ use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
 use crate::upstream::resolve;
 use crate::upstream::{HashKey, UpstreamParts};
+use plugins::claims::ForwardClaims;
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
 use plugins::jwt::{JwtSettings, JwtVerifier, KeySource};
 use plugins::ratelimit::LimitSpec;
-use plugins::claims::ForwardClaims;
 use plugins::scope::Scopes;
 use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashSet;
@@ -853,16 +853,10 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
             .map(Endpoint::Fixed)
             .map_err(|e| errs.push(ConfigError::new(format!("{p}.introspection_url"), e)))
             .ok(),
-        (None, Some(issuer)) => {
-            let doc = format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
-            );
-            Url::parse(&doc, &doc)
-                .map(|doc| Endpoint::discovered(doc, issuer.clone()))
-                .map_err(|e| errs.push(ConfigError::new(format!("{p}.issuer"), e)))
-                .ok()
-        }
+        (None, Some(issuer)) => crate::oidc::document_url(issuer)
+            .map(|doc| Endpoint::discovered(doc, issuer.clone()))
+            .map_err(|e| errs.push(ConfigError::new(format!("{p}.issuer"), e)))
+            .ok(),
         _ => {
             errs.push(ConfigError::new(
                 p,
@@ -1009,11 +1003,8 @@ fn jwt(cfg: &JwtConfig) -> Result<(JwtVerifier, Option<JwksSource>), (String, St
             None,
         )),
         (None, Some(issuer)) => {
-            let doc = format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
-            );
-            let url = JwksUrl::parse(&doc, &doc).map_err(|e| ("keys.oidc_issuer".into(), e))?;
+            let url =
+                crate::oidc::document_url(issuer).map_err(|e| ("keys.oidc_issuer".into(), e))?;
             Some((url, Some(issuer.clone())))
         }
         (None, None) => None,

@@ -2,9 +2,8 @@
 //! at most once per `refetch_min_secs`, when a token names a key id the set does not hold
 //! (the issuer rotated its keys). A failed fetch keeps the keys already loaded.
 
-use crate::client::{Body, CallError, Client};
+use crate::client::Client;
 use crate::metrics::METRICS;
-use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use plugins::jwt::JwtVerifier;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,45 +147,17 @@ impl RemoteJwks {
     /// document (read again each time, so a moved JWKS is followed), whose `issuer` must be
     /// the configured one (OpenID Connect Discovery 1.0, section 4.3).
     async fn fetch(&self) -> Result<String, String> {
-        let Some(issuer) = &self.issuer else {
-            return self.get(&self.url).await;
+        let get = |url| {
+            self.client
+                .get(url, self.timeout, self.ca.clone(), MAX_JWKS_BYTES)
         };
-        let doc: serde_json::Value = serde_json::from_str(&self.get(&self.url).await?)
-            .map_err(|e| format!("discovery document: {e}"))?;
-        let named = doc.get("issuer").and_then(serde_json::Value::as_str);
-        if named != Some(issuer.as_str()) {
-            return Err(format!(
-                "the discovery document names issuer {named:?}, not {issuer:?}"
-            ));
-        }
-        let jwks_uri = doc
-            .get("jwks_uri")
-            .and_then(serde_json::Value::as_str)
-            .ok_or("the discovery document names no jwks_uri")?;
-        let url = JwksUrl::parse(jwks_uri, jwks_uri)?;
-        self.get(&url).await
-    }
-
-    async fn get(&self, u: &JwksUrl) -> Result<String, String> {
-        let peer = u.peer(self.timeout, self.ca.clone()).await?;
-        let mut req =
-            RequestHeader::build("GET", u.target.as_bytes(), None).map_err(|e| e.to_string())?;
-        req.insert_header(http::header::HOST, u.host_header())
-            .map_err(|e| e.to_string())?;
-        req.insert_header(http::header::ACCEPT, "application/json")
-            .map_err(|e| e.to_string())?;
-        let answer = self
-            .client
-            .call(&peer, req, None, Body::Keep(MAX_JWKS_BYTES))
-            .await
-            .map_err(|e| match e {
-                CallError::TooLarge(_) => "document larger than 1 MiB".to_string(),
-                e => e.to_string(),
-            })?;
-        if answer.status != 200 {
-            return Err(format!("status {}", answer.status));
-        }
-        let body = answer.body;
+        let body = match &self.issuer {
+            None => get(&self.url).await?,
+            Some(issuer) => {
+                let doc = get(&self.url).await?;
+                get(&crate::oidc::endpoint(&doc, issuer, "jwks_uri")?).await?
+            }
+        };
         String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8".to_string())
     }
 }

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;
+pub mod oidc;
 pub mod path;
 pub mod policy;
 pub mod proxy;

@@ -235,35 +235,12 @@ impl OAuth2 {
                 return Ok(url.clone());
             }
         }
-        let peer = doc.peer(timeout, self.ca.clone()).await?;
-        let mut req = RequestHeader::build("GET", doc.target.as_bytes(), Some(2))
-            .map_err(|e| e.to_string())?;
-        req.insert_header(http::header::HOST, doc.host_header())
-            .map_err(|e| e.to_string())?;
-        let answer = self
+        let body = self
             .client
-            .call(&peer, req, None, Body::Keep(MAX_ANSWER))
+            .get(doc, timeout, self.ca.clone(), MAX_ANSWER)
             .await
             .map_err(|e| format!("discovery: {e}"))?;
-        if answer.status != 200 {
-            return Err(format!(
-                "discovery: the provider answered {}",
-                answer.status
-            ));
-        }
-        let v: Value =
-            serde_json::from_slice(&answer.body).map_err(|e| format!("discovery document: {e}"))?;
-        let named = v.get("issuer").and_then(Value::as_str);
-        if named != Some(issuer.as_str()) {
-            return Err(format!(
-                "the discovery document names issuer {named:?}, not {issuer:?}"
-            ));
-        }
-        let at = v
-            .get("introspection_endpoint")
-            .and_then(Value::as_str)
-            .ok_or("the discovery document names no introspection_endpoint")?;
-        let url = Url::parse(at, at)?;
+        let url = crate::oidc::endpoint(&body, issuer, "introspection_endpoint")?;
         *found.lock().unwrap_or_else(|e| e.into_inner()) = Some((url.clone(), now));
         Ok(url)
     }
