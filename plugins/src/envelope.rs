@@ -34,6 +34,11 @@ impl GatewayError {
         self
     }
 
+    /// `Retry-After: SECS` (at least 1).
+    pub fn with_retry_after(self, secs: u64) -> Self {
+        self.with_header(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+    }
+
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
@@ -43,6 +48,11 @@ impl GatewayError {
     pub fn body(&self) -> Vec<u8> {
         body(self.status.as_u16(), self.message, &self.data, &[])
     }
+}
+
+/// Whole seconds in `d`, rounded up (what a `Retry-After` says).
+pub fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The envelope's bytes: `{"code", "message", "data"}` and `more` fields beside them. The

@@ -2,14 +2,12 @@
 //! of the route runs; the logging phase counts the refusals (401, 403, 429) that earn one.
 
 use crate::metrics::METRICS;
-use http::{HeaderName, HeaderValue};
 use plugins::autoban::AutoBan;
+use plugins::envelope::ceil_secs;
 use plugins::policy::{Outcome, Request};
 use plugins::{Facts, Flow, GatewayError, Policy};
 use std::sync::Arc;
 use std::time::Duration;
-
-static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 
 pub struct Ban {
     /// `server`, or the route's name.
@@ -48,8 +46,8 @@ impl Policy for Ban {
 }
 
 fn ban_answer(left: Duration) -> GatewayError {
-    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let secs = ceil_secs(left);
     GatewayError::new(403, "forbidden")
         .with_data(serde_json::json!({ "reason": "address banned", "retry_after": secs }))
-        .with_header(RETRY_AFTER.clone(), HeaderValue::from(secs.max(1)))
+        .with_retry_after(secs)
 }

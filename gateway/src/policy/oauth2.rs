@@ -20,7 +20,7 @@ use crate::client::{Body, Client, Url};
 use crate::config::{ClientAuthMethod, OAuth2Config, OnProviderError};
 use crate::metrics::METRICS;
 use base64::Engine;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use pingora_prometheus::prometheus::{Histogram, IntCounter};
@@ -417,10 +417,7 @@ fn invalid(reason: &'static str) -> GatewayError {
 }
 
 fn unavailable(message: &'static str) -> GatewayError {
-    GatewayError::new(503, message).with_header(
-        HeaderName::from_static("retry-after"),
-        HeaderValue::from_static("1"),
-    )
+    GatewayError::new(503, message).with_retry_after(1)
 }
 
 fn unix_now() -> u64 {

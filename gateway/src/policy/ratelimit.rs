@@ -182,10 +182,7 @@ async fn shared(
 }
 
 fn store_unavailable() -> GatewayError {
-    GatewayError::new(503, "rate limit store unavailable").with_header(
-        http::HeaderName::from_static("retry-after"),
-        http::HeaderValue::from_static("1"),
-    )
+    GatewayError::new(503, "rate limit store unavailable").with_retry_after(1)
 }
 
 fn local(limit: &RouteLimit, subject: &Subject, out: &mut Admitted) -> Verdict {

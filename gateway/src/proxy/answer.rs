@@ -13,7 +13,6 @@ use pingora::Result;
 use plugins::policy::Reply;
 use plugins::GatewayError;
 
-static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Write a gateway-generated response in the JSON envelope.
@@ -79,8 +78,7 @@ pub fn status_error(code: u16) -> GatewayError {
         408 => GatewayError::new(408, "request timed out"),
         413 => GatewayError::new(413, "request body too large"),
         502 => GatewayError::new(502, "upstream failed"),
-        503 => GatewayError::new(503, "no healthy upstream target")
-            .with_header(RETRY_AFTER.clone(), HeaderValue::from_static("1")),
+        503 => GatewayError::new(503, "no healthy upstream target").with_retry_after(1),
         504 => GatewayError::new(504, "upstream timed out"),
         _ => GatewayError::new(code, "gateway error"),
     }

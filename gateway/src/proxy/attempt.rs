@@ -10,16 +10,14 @@
 
 use crate::metrics::METRICS;
 use crate::upstream::{TryEnd, Upstream};
-use http::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 use plugins::breaker::{Admission, State as BreakerState};
+use plugins::envelope::ceil_secs;
 use plugins::retry::Failure;
 use plugins::GatewayError;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 
 pub struct Attempts {
     /// Tries begun so far.
@@ -208,8 +206,8 @@ pub fn client_body_timeout() {
 }
 
 fn breaker_open(upstream: &str, retry_after: Duration) -> GatewayError {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let secs = ceil_secs(retry_after);
     GatewayError::new(503, "circuit breaker open")
         .with_data(serde_json::json!({ "upstream": upstream, "retry_after": secs }))
-        .with_header(RETRY_AFTER.clone(), HeaderValue::from(secs.max(1)))
+        .with_retry_after(secs)
 }

@@ -339,12 +339,7 @@ impl Limiter {
     }
 }
 
-static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
-
-/// Whole seconds, rounded up.
-fn secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
+use crate::envelope::ceil_secs as secs;
 
 impl Verdict {
     /// Of several limits, the one whose quota is nearest to running out speaks for all.
@@ -396,7 +391,7 @@ impl Verdict {
         let retry = secs(self.retry_after).max(1);
         let mut e = GatewayError::new(429, "rate limit exceeded")
             .with_data(serde_json::json!({ "retry_after": retry, "limit": self.limit }))
-            .with_header(RETRY_AFTER.clone(), HeaderValue::from(retry));
+            .with_retry_after(retry);
         e.headers.extend(self.headers());
         e
     }
