@@ -298,13 +298,18 @@ async fn answer(
         .unwrap()
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server a test starts later. Taken below the
+/// kernel's ephemeral range (32768 and up on Linux), where a gateway under test picks its
+/// own fan-out port and clients their source ports: a port handed out here and released is
+/// not taken by one of those before the server it is meant for binds it.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// The workspace root (where `conf/` lives).
