@@ -18,11 +18,12 @@ use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
     PathMatch, RetryCondition, RetryOn, UpstreamConfig,
 };
-use crate::config::{CorsConfig, IpFilterConfig, JwtConfig};
+use crate::config::{CorsConfig, IpFilterConfig, JwtConfig, TracingConfig};
 use crate::jwks::{JwksSource, JwksUrl};
 use crate::policy::oauth2::{Endpoint, OAuth2Source};
 use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
+use crate::telemetry::{ExportSettings, Tracer};
 use crate::upstream::resolve;
 use crate::upstream::{HashKey, UpstreamParts};
 use plugins::claims::ForwardClaims;
@@ -190,6 +191,9 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
             Err((path, e)) => errs.push(ConfigError::new(format!("server.ip_filter.{path}"), e)),
         }
         check_auto_ban(&mut errs, "server.ip_filter", f);
+    }
+    if let Some(t) = &s.tracing {
+        parts.tracer = check_tracing(&mut errs, "server.tracing", t);
     }
     if s.threads == 0 {
         errs.push(ConfigError::new("server.threads", AT_LEAST_ONE));
@@ -734,6 +738,101 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
             errs.push(ConfigError::new(format!("{base}.{field}"), message));
         }
     }
+}
+
+/// `server.tracing`: the tracer, or its faults.
+fn check_tracing(errs: &mut Vec<ConfigError>, p: &str, t: &TracingConfig) -> Option<Tracer> {
+    let before = errs.len();
+    let url = match Url::parse(&t.endpoint, &t.endpoint) {
+        // A collector's base URL (as OTEL_EXPORTER_OTLP_ENDPOINT) gets the traces path.
+        Ok(mut url) if url.target == "/" => {
+            url.target = "/v1/traces".into();
+            Some(url)
+        }
+        Ok(url) => Some(url),
+        Err(e) => {
+            errs.push(ConfigError::new(format!("{p}.endpoint"), e));
+            None
+        }
+    };
+    let mut headers = Vec::new();
+    let mut values: Vec<(&String, String, String)> = t
+        .headers
+        .iter()
+        .map(|(name, v)| (name, v.expose().to_string(), format!("{p}.headers.{name}")))
+        .collect();
+    for (name, var) in &t.headers_env {
+        let at = format!("{p}.headers_env.{name}");
+        match std::env::var(var) {
+            Ok(value) => values.push((name, value, at)),
+            Err(_) => errs.push(ConfigError::new(
+                at,
+                format!("environment variable {var} is not set"),
+            )),
+        }
+    }
+    for (name, value, at) in values {
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => errs.push(ConfigError::new(at, "not a header name")),
+            (_, Err(_)) => errs.push(ConfigError::new(at, "not a valid header value")),
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        errs.push(ConfigError::new(
+            format!("{p}.sample_ratio"),
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    nonzero(
+        errs,
+        p,
+        &[
+            ("batch_spans", t.batch_spans as u64),
+            ("queue_spans", t.queue_spans as u64),
+            ("flush_ms", t.flush_ms),
+            ("timeout_ms", t.timeout_ms),
+        ],
+        AT_LEAST_ONE,
+    );
+    if t.service_name.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.service_name"),
+            "must not be empty",
+        ));
+    }
+    let ca = match &t.ca_file {
+        Some(f) => crate::upstream::load_ca(f)
+            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
+            .ok(),
+        None => None,
+    };
+    if errs.len() > before {
+        return None;
+    }
+    let resource: Vec<(String, String)> = t
+        .resource
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Tracer::new(
+        t.sample_ratio,
+        &t.service_name,
+        &resource,
+        ExportSettings {
+            url: url?,
+            headers,
+            resource: Vec::new(),
+            batch: t.batch_spans,
+            queue: t.queue_spans,
+            flush: Duration::from_millis(t.flush_ms),
+            timeout: Duration::from_millis(t.timeout_ms),
+            ca,
+        },
+    ))
 }
 
 fn check_auto_ban(errs: &mut Vec<ConfigError>, p: &str, f: &crate::config::IpFilterConfig) {

@@ -32,5 +32,6 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod wire;

@@ -8,6 +8,7 @@ use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::refresh::RefreshService;
 use gateway::reload::{ReloadService, Reloader};
+use gateway::telemetry::Exporter;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -285,6 +286,13 @@ fn main() -> ExitCode {
     server.add_service(GenBackgroundService::new(
         "config reload".into(),
         Arc::new(ReloadService::new(reloader, s.watch_config)),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "trace export".into(),
+        Arc::new(Exporter::new({
+            let handle = handle.clone();
+            move || handle.load().tracing.clone()
+        })),
     ));
     server.add_service(GenBackgroundService::new(
         "health checks".into(),

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     pub invalid_requests: IntCounterVec,
     pub client_disconnects: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
+    pub trace_spans_exported: IntCounter,
+    pub trace_exports: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -178,6 +181,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Requests the client abandoned (closed or reset its connection before the answer was sent)"
     )
     .expect("register gateway_client_disconnects_total"),
+    trace_spans_dropped: register_int_counter_vec!(
+        "gateway_trace_spans_dropped_total",
+        "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector refused, failed or timed out), tracing_off",
+        &["reason"]
+    )
+    .expect("register gateway_trace_spans_dropped_total"),
+    trace_spans_exported: register_int_counter!(
+        "gateway_trace_spans_exported_total",
+        "Spans the collector accepted"
+    )
+    .expect("register gateway_trace_spans_exported_total"),
+    trace_exports: register_int_counter_vec!(
+        "gateway_trace_exports_total",
+        "Export requests to the trace collector, by result (ok, error, timeout)",
+        &["result"]
+    )
+    .expect("register gateway_trace_exports_total"),
     invalid_requests: register_int_counter_vec!(
         "gateway_invalid_requests_total",
         "Request heads the HTTP parser refused before routing, by status (400, 431)",

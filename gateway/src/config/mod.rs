@@ -571,6 +571,72 @@ pub struct ServerConfig {
     /// `keepalive_requests`); 0: no cap. Per listener too.
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
+    /// Export a trace of requests over OTLP (absent: no spans are made).
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `server.tracing`: OpenTelemetry traces over OTLP/HTTP with protocol buffers.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL; a URL with no path gets `/v1/traces`.
+    pub endpoint: String,
+    /// Headers sent with every export (an API key, a tenant); never shown.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Headers whose values come from environment variables: header -> variable.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// The resource's `service.name`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment`, `service.namespace`, ...).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Share of new traces sampled, 0.0 to 1.0; a request with a `traceparent` follows its
+    /// sampled flag.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Spans one export carries at most.
+    #[serde(default = "default_batch_spans")]
+    pub batch_spans: usize,
+    /// Spans waiting for export at most; past it new spans are dropped and counted.
+    #[serde(default = "default_queue_spans")]
+    pub queue_spans: usize,
+    /// The longest a span waits before it is exported.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// One export's bound: connect, send and the collector's answer.
+    #[serde(default = "default_export_timeout_ms")]
+    pub timeout_ms: u64,
+    /// CA bundle for an https endpoint (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_service_name() -> String {
+    "gateway".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_batch_spans() -> usize {
+    512
+}
+
+fn default_queue_spans() -> usize {
+    8192
+}
+
+fn default_flush_ms() -> u64 {
+    1000
+}
+
+fn default_export_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_keepalive_timeout() -> u64 {
@@ -698,6 +764,7 @@ impl Default for ServerConfig {
             paths: PathsConfig::default(),
             keepalive_timeout_secs: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
+            tracing: None,
         }
     }
 }

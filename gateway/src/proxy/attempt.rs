@@ -7,9 +7,15 @@
 //! in `fail_to_connect`, an error in `error_while_proxy`, or the end of the request in
 //! `logging`. A try the client broke (it went away, or sent too much) closes without a
 //! verdict ([`Attempts::abandon`]).
+//!
+//! In a traced request each try is a client span under the request's span, ended where
+//! the try ends: its target, number, why the try before it failed, the breaker's state,
+//! and its status or error.
 
 use crate::metrics::METRICS;
+use crate::telemetry::{self, Kind, Open, Parent, Span, Value};
 use crate::upstream::{TryEnd, Upstream};
+use http::Method;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 use plugins::breaker::{Admission, State as BreakerState};
@@ -41,6 +47,19 @@ pub struct Attempts {
     started: Instant,
     /// The status of the current try's answer, once its head arrived.
     pub upstream_status: Option<u16>,
+    /// How the last failed try failed (the next try's retry reason).
+    failure: Option<Failure>,
+    /// In a traced request: the request's span, the tries' parent.
+    pub trace: Option<Parent>,
+    /// The current try's span, while it is open.
+    span: Option<TrySpan>,
+}
+
+/// A try's span, from its start to its outcome.
+struct TrySpan {
+    open: Open,
+    name: String,
+    attributes: Vec<(&'static str, Value)>,
 }
 
 impl Attempts {
@@ -56,6 +75,9 @@ impl Attempts {
             status_retry: false,
             started: now,
             upstream_status: None,
+            failure: None,
+            trace: None,
+            span: None,
         }
     }
 
@@ -86,8 +108,8 @@ impl Attempts {
         self.admit(up)
     }
 
-    /// A try to `target` starts now.
-    pub fn begin(&mut self, target: Option<SocketAddr>) {
+    /// A try of `method` to `target` of `up` starts now.
+    pub fn begin(&mut self, up: &Upstream, target: Option<SocketAddr>, method: &Method) {
         self.target = target;
         if let Some(t) = target {
             self.tried.push(t);
@@ -96,6 +118,90 @@ impl Attempts {
         self.started = Instant::now();
         self.open = true;
         self.upstream_status = None;
+        let retry_reason = self.failure.take();
+        if self.trace.is_some() {
+            self.span = Some(self.try_span(up, target, method, retry_reason));
+        }
+    }
+
+    fn try_span(
+        &self,
+        up: &Upstream,
+        target: Option<SocketAddr>,
+        method: &Method,
+        retry_reason: Option<Failure>,
+    ) -> TrySpan {
+        let mut attributes = vec![
+            ("http.request.method", Value::Str(method.as_str().into())),
+            ("gateway.upstream", Value::Str(up.name.clone())),
+            ("gateway.attempt", Value::Int(i64::from(self.tries))),
+        ];
+        if let Some(t) = target {
+            attributes.push(("server.address", Value::Str(t.ip().to_string())));
+            attributes.push(("server.port", Value::Int(i64::from(t.port()))));
+        }
+        if let Some(f) = retry_reason {
+            attributes.push(("gateway.retry_reason", Value::Str(failure_text(f))));
+        }
+        if let Some(b) = &up.breaker {
+            let state = if self.probe {
+                BreakerState::HalfOpen
+            } else {
+                b.state()
+            };
+            attributes.push(("gateway.breaker_state", Value::Static(state.as_str())));
+        }
+        TrySpan {
+            open: Open::now(),
+            name: format!("{method} {}", up.name),
+            attributes,
+        }
+    }
+
+    /// The current try's span id, when it is traced (the parent its upstream sees).
+    pub fn span_id(&self) -> Option<[u8; 8]> {
+        self.span.as_ref().map(|s| s.open.span_id)
+    }
+
+    /// The current try failed this way (before [`Attempts::end`]).
+    pub fn failed(&mut self, failure: Failure) {
+        self.failure = Some(failure);
+    }
+
+    /// End the current try's span: its status, or how it failed.
+    fn end_span(&mut self, abandoned: bool) {
+        let (Some(parent), Some(mut span)) = (self.trace, self.span.take()) else {
+            return;
+        };
+        let error = match (self.upstream_status, self.failure) {
+            (Some(status), _) => {
+                span.attributes
+                    .push(("http.response.status_code", Value::Int(i64::from(status))));
+                // Per OpenTelemetry's HTTP conventions a client span fails on 4xx and 5xx.
+                (status >= 400).then(|| status.to_string())
+            }
+            (None, Some(f)) if !abandoned => Some(failure_text(f)),
+            // No answer and no failure of the upstream's: the client went away.
+            (None, _) => {
+                span.attributes.push(("gateway.abandoned", Value::Bool(true)));
+                None
+            }
+        };
+        if let Some(e) = &error {
+            span.attributes.push(("error.type", Value::Str(e.clone())));
+        }
+        telemetry::record(Span {
+            trace_id: parent.trace_id,
+            span_id: span.open.span_id,
+            parent: Some(parent.span_id),
+            remote_parent: false,
+            name: span.name,
+            kind: Kind::Client,
+            start_ns: span.open.start_ns,
+            end_ns: telemetry::now_ns(),
+            attributes: span.attributes,
+            error,
+        });
     }
 
     /// The current try's answer head arrived with `status`.
@@ -117,11 +223,13 @@ impl Attempts {
         if let Some(t) = &self.target {
             up.record_try(t, end);
         }
+        self.end_span(false);
     }
 
     /// Close the current try without a verdict: the client broke it, not the upstream.
     pub fn abandon(&mut self) {
         self.open = false;
+        self.end_span(true);
     }
 
     /// At the request's end: a try still open succeeded unless the upstream failed it.
@@ -133,6 +241,9 @@ impl Attempts {
             Some(status) => status < 500,
             None => !e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
         };
+        if !success && self.upstream_status.is_none() {
+            self.failure.get_or_insert(Failure::Connect);
+        }
         self.end(
             up,
             if success {
@@ -149,6 +260,7 @@ impl Attempts {
         if status < 500 || !self.may_retry(session, up, Failure::Status(status)) {
             return false;
         }
+        self.failed(Failure::Status(status));
         self.end(up, TryEnd::Failed);
         self.status_retry = true;
         true
@@ -197,6 +309,15 @@ impl Attempts {
         self.deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
+    }
+}
+
+/// A failure as a span attribute: `connect`, `timeout` or the status.
+fn failure_text(f: Failure) -> String {
+    match f {
+        Failure::Connect => "connect".into(),
+        Failure::Timeout => "timeout".into(),
+        Failure::Status(s) => s.to_string(),
     }
 }
 

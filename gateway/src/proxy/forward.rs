@@ -111,9 +111,7 @@ pub fn forwarding_headers(
         up.insert_header("x-forwarded-host", h)?;
     }
     up.insert_header("x-request-id", ctx.ids.request_id.clone())?;
-    if let Some(tp) = ctx.ids.traceparent() {
-        up.insert_header("traceparent", tp)?;
-    }
+    up.insert_header("traceparent", ctx.ids.traceparent(ctx.attempt.span_id()))?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use crate::metrics::METRICS;
 use crate::mirror::{self, Mirrorer, MAX_MIRROR_BODY};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime, RuntimeHandle};
+use crate::telemetry;
 use crate::upstream::{TryEnd, Upstream};
 use answer::{respond, status_error};
 use async_trait::async_trait;
@@ -82,6 +83,8 @@ pub struct Ctx {
     rt: Arc<Runtime>,
     /// Request id and trace context.
     ids: Ids,
+    /// A traced request's own span, open until the request ends.
+    span: Option<telemetry::Open>,
     start: Instant,
     /// The client's address (behind trusted proxies: from X-Forwarded-For).
     client_ip: Option<IpAddr>,
@@ -132,6 +135,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             rt: self.runtime.load_full(),
             ids: Ids::default(),
+            span: None,
             start: now,
             client_ip: None,
             route: None,
@@ -167,9 +171,14 @@ impl ProxyHttp for Gateway {
     }
 
     /// Called first on every request head, before the downstream modules; does nothing by
-    /// default. Here: the request id and trace context, so every answer can carry them.
+    /// default. Here: the request id and trace context, so every answer can carry them,
+    /// and with tracing on, whether this request is traced.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.ids = Ids::of(session.req_header());
+        if let Some(tracer) = &ctx.rt.tracing {
+            ctx.span = ctx.ids.sample(tracer);
+            ctx.attempt.trace = ctx.span.map(|s| s.as_parent(ctx.ids.trace()));
+        }
         Ok(())
     }
 
@@ -262,7 +271,8 @@ impl ProxyHttp for Gateway {
         ] {
             *t = t.map(|d| d.min(left));
         }
-        ctx.attempt.begin(backend.addr.as_inet().copied());
+        ctx.attempt
+            .begin(up, backend.addr.as_inet().copied(), &session.req_header().method);
         Ok(Box::new(peer))
     }
 
@@ -341,6 +351,7 @@ impl ProxyHttp for Gateway {
         };
         let Some(idx) = ctx.route else { return e };
         let up = ctx.rt.routes[idx].upstream(ctx.arm);
+        ctx.attempt.failed(failure);
         ctx.attempt.end(up, TryEnd::PassOver);
         let retry = ctx.attempt.may_retry(session, up, failure);
         e.set_retry(retry);
@@ -378,6 +389,7 @@ impl ProxyHttp for Gateway {
         };
         let Some(idx) = ctx.route else { return e };
         let up = ctx.rt.routes[idx].upstream(ctx.arm);
+        ctx.attempt.failed(failure);
         ctx.attempt.end(up, TryEnd::PassOver);
         if ctx.attempt.may_retry(session, up, failure) {
             e.set_retry(true);
@@ -445,7 +457,7 @@ impl ProxyHttp for Gateway {
 
     /// Called once when the request ends, answered or not; does nothing by default. Here:
     /// the last try's outcome, the mirror's copy, the policies' logging phase (bans learn
-    /// from refusals), metrics and the access log.
+    /// from refusals), metrics, the request's span and the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(stream) = session.as_downstream().stream() {
             crate::guard::request_done(stream);
@@ -468,6 +480,9 @@ impl ProxyHttp for Gateway {
             route.chain.logging(&ctx.facts, &outcome);
         }
         self.count(session, ctx, status);
+        if let Some(span) = ctx.span.take() {
+            trace::server_span(session, ctx, span, status, e);
+        }
         if self.access_log.enabled() {
             self.log_access(session, e, ctx, status);
         }

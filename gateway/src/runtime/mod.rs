@@ -59,6 +59,8 @@ pub struct Parts {
     pub upstreams: HashMap<String, UpstreamParts>,
     /// By aggregate name.
     pub aggregates: HashMap<String, AggregateParts>,
+    /// `server.tracing`.
+    pub tracer: Option<crate::telemetry::Tracer>,
 }
 
 /// One route's compiled pieces.
@@ -231,6 +233,8 @@ pub struct Runtime {
     pub chain: Chain,
     /// The shared store, with the settings it was made from (kept across reloads).
     pub redis: Option<(RedisConfig, Arc<RedisStore>)>,
+    /// With `server.tracing`: the sampler and the export settings.
+    pub tracing: Option<Arc<crate::telemetry::Tracer>>,
     pub generation: u64,
 }
 
@@ -434,6 +438,7 @@ impl Runtime {
                 &carry,
             )),
             redis,
+            tracing: parts.tracer.map(Arc::new),
             generation,
         })
     }
