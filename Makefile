@@ -8,7 +8,7 @@ DEMO_UPSTREAMS := users-1@127.0.0.1:9001 users-2@127.0.0.1:9002 users-v2@127.0.0
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-oauth deps-test deps-bench clean third-party cycles
+.PHONY: all build release run load deps-load test check fmt fuzz fuzz-smoke deps-fuzz bench bench-router upgrade deps deps-run deps-oauth deps-otel deps-test deps-bench clean third-party cycles
 
 all: build
 
@@ -26,9 +26,15 @@ deps-oauth:
 	@python3 -c 'import authlib, flask' 2>/dev/null || $(PIP_INSTALL) authlib==1.9.6 flask==3.1.3 \
 		|| $(PIP_INSTALL) --break-system-packages authlib==1.9.6 flask==3.1.3
 
-# promtool checks the alert rules; dnsmasq, redis-server and the OAuth 2.0 provider are real
-# servers the tests start.
-deps-test: deps deps-oauth
+# The tests' OTLP receiver (tests/otel/collector.py) decodes with OpenTelemetry's own protocol
+# definitions.
+deps-otel:
+	@python3 -c 'import opentelemetry.proto' 2>/dev/null || $(PIP_INSTALL) opentelemetry-proto==1.45.2 \
+		|| $(PIP_INSTALL) --break-system-packages opentelemetry-proto==1.45.2
+
+# promtool checks the alert rules; dnsmasq, redis-server, the OAuth 2.0 provider and the OTLP
+# receiver are real servers the tests start.
+deps-test: deps deps-oauth deps-otel
 	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null && command -v redis-server >/dev/null \
 		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server; }
 

@@ -743,7 +743,7 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
 /// `server.tracing`: the tracer, or its faults.
 fn check_tracing(errs: &mut Vec<ConfigError>, p: &str, t: &TracingConfig) -> Option<Tracer> {
     let before = errs.len();
-    let url = match Url::parse(&t.endpoint, &t.endpoint) {
+    let url = match Url::parse(t.endpoint.expose(), &t.endpoint.redacted()) {
         // A collector's base URL (as OTEL_EXPORTER_OTLP_ENDPOINT) gets the traces path.
         Ok(mut url) if url.target == "/" => {
             url.target = "/v1/traces".into();

@@ -766,6 +766,107 @@ impl Drop for OAuthProvider {
     }
 }
 
+/// The OTLP/HTTP trace receiver (`tests/otel/collector.py`): decodes the gateway's exports
+/// with OpenTelemetry's own protocol definitions and shows the spans as JSON.
+pub struct Collector {
+    child: Child,
+    pub port: u16,
+}
+
+impl Collector {
+    pub fn start() -> Collector {
+        let port = free_port();
+        Collector {
+            child: Self::spawn(port),
+            port,
+        }
+    }
+
+    fn spawn(port: u16) -> Child {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otel/collector.py");
+        let child = Command::new("python3")
+            .args([script, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with opentelemetry-proto (make test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the collector did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// The traces endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/traces", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let (status, _, v) =
+            get_json(&crate::client(), &format!("http://127.0.0.1:{}{path}", self.port)).await;
+        assert_eq!(status, 200, "collector {path}");
+        v
+    }
+
+    async fn post(&self, path: &str) {
+        crate::client()
+            .post(format!("http://127.0.0.1:{}{path}", self.port))
+            .send()
+            .await
+            .expect("collector answers");
+    }
+
+    /// Every span received so far.
+    pub async fn spans(&self) -> Vec<serde_json::Value> {
+        self.get("/spans").await.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The spans of one trace, once at least `n` arrived (waits up to 5 s).
+    pub async fn trace(&self, trace_id: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let spans: Vec<_> = self
+                .spans()
+                .await
+                .into_iter()
+                .filter(|s| s["trace_id"] == trace_id)
+                .collect();
+            if spans.len() >= n || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Per export request: `{headers, spans}`.
+    pub async fn exports(&self) -> Vec<serde_json::Value> {
+        self.get("/exports").await.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn reset(&self) {
+        self.post("/admin/reset").await;
+    }
+
+    /// Hold every later export's answer this long.
+    pub async fn set_delay(&self, secs: f64) {
+        self.post(&format!("/admin/delay?secs={secs}")).await;
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address works on loopback).
 pub fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()

@@ -580,8 +580,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
-    /// The collector's OTLP/HTTP traces URL; a URL with no path gets `/v1/traces`.
-    pub endpoint: String,
+    /// The collector's OTLP/HTTP traces URL; a URL with no path gets `/v1/traces`. Shown
+    /// with any credentials in it redacted.
+    pub endpoint: SecretUrl,
     /// Headers sent with every export (an API key, a tenant); never shown.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,

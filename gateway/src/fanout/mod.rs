@@ -8,11 +8,15 @@
 //! into one envelope: `data` holds one key per backend, `failed` lists the backends that
 //! failed. A failed required backend fails the whole answer (502, 504 on a timeout); a
 //! failed optional one yields `null`, or with `fallback: cache` its last good answer.
+//!
+//! In a traced request (tracing on, and the proxy's `traceparent` sampled), each backend
+//! call is a client span under the proxy's try, and the backend sees that span as its parent.
 
 use crate::aggregate::{template, AggregateBackend};
 use crate::client::{Body, CallError, Client};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
+use crate::telemetry::{self, Kind, Open, Parent, Span, TraceParent};
 use crate::upstream::TryEnd;
 use crate::wire::{TRACEPARENT, X_AGGREGATE, X_REQUEST_ID, X_ROUTE};
 use async_trait::async_trait;
@@ -24,7 +28,8 @@ use pingora::upstreams::peer::Peer;
 use plugins::breaker::Admission;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -104,6 +109,7 @@ impl FanoutApp {
         b: &AggregateBackend,
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
+        target_seen: &OnceLock<SocketAddr>,
     ) -> Outcome {
         let up = &b.upstream;
         let probe = match up.breaker.as_ref().map(|br| br.try_acquire()) {
@@ -116,6 +122,9 @@ impl FanoutApp {
         let Some(target) = up.select(b"", &[], false) else {
             return Outcome::Failed("no healthy target".into());
         };
+        if let Some(a) = target.addr.as_inet() {
+            let _ = target_seen.set(*a);
+        }
         let peer = up.peer(&target);
         let result = self.fetch(&peer, path, headers).await;
         if let Some(br) = &up.breaker {
@@ -192,14 +201,17 @@ impl FanoutApp {
             .and_then(|r| rt.route_named(r));
         let vars = template::Vars::new(req, route.and_then(|r| r.path_regex.as_ref()));
         let mut forward: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        for name in [&X_REQUEST_ID, &TRACEPARENT]
-            .into_iter()
-            .chain(agg.forward_headers.iter())
-        {
+        for name in std::iter::once(&X_REQUEST_ID).chain(agg.forward_headers.iter()) {
             if let Some(v) = req.headers.get(name) {
                 forward.push((name.clone(), v.clone()));
             }
         }
+        let incoming = req.headers.get(&TRACEPARENT);
+        let trace = incoming
+            .filter(|_| rt.tracing.is_some())
+            .and_then(|v| TraceParent::parse(v.as_bytes()))
+            .filter(TraceParent::sampled)
+            .and_then(|tp| Some((tp, tp.parent()?)));
 
         let mut paths = Vec::with_capacity(agg.backends.len());
         for b in &agg.backends {
@@ -227,11 +239,27 @@ impl FanoutApp {
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
                 let budget = b.timeout.map_or(left, |t| t.min(left));
-                let outcome = match tokio::time::timeout(budget, self.call(b, &path, forward)).await
-                {
-                    Ok(o) => o,
-                    Err(_) => Outcome::TimedOut,
-                };
+                // The backend's parent: this call's span when traced, else the proxy's try.
+                let span = trace.map(|_| Open::now());
+                let mut headers = forward.clone();
+                match (&trace, span) {
+                    (Some((tp, _)), Some(open)) => headers.push((
+                        TRACEPARENT.clone(),
+                        telemetry::traceparent(&tp.trace_id, &open.span_id, tp.flags),
+                    )),
+                    _ => headers.extend(incoming.map(|v| (TRACEPARENT.clone(), v.clone()))),
+                }
+                let target = OnceLock::new();
+                let outcome =
+                    match tokio::time::timeout(budget, self.call(b, &path, &headers, &target))
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(_) => Outcome::TimedOut,
+                    };
+                if let (Some((_, parent)), Some(open)) = (trace, span) {
+                    backend_span(parent, open, &agg.name, b, &path, target.get(), &outcome);
+                }
                 (outcome, path)
             }
         });
@@ -311,6 +339,55 @@ impl FanoutApp {
         }
         envelope(200, "ok", Value::Object(data), &failed)
     }
+}
+
+/// A backend call's span: the aggregate, the backend, its path and target, and how it ended.
+fn backend_span(
+    parent: Parent,
+    open: Open,
+    aggregate: &str,
+    b: &AggregateBackend,
+    path: &str,
+    target: Option<&SocketAddr>,
+    outcome: &Outcome,
+) {
+    let mut attributes: Vec<(&'static str, telemetry::Value)> = vec![
+        ("http.request.method", "GET".into()),
+        ("url.path", path.to_string().into()),
+        ("gateway.aggregate", aggregate.to_string().into()),
+        ("gateway.backend", b.key.clone().into()),
+        ("gateway.upstream", b.upstream.name.clone().into()),
+        ("gateway.required", b.required.into()),
+    ];
+    if let Some(t) = target {
+        attributes.push(("server.address", t.ip().to_string().into()));
+        attributes.push(("server.port", i64::from(t.port()).into()));
+    }
+    let error = match outcome {
+        Outcome::Ok(_) => None,
+        Outcome::Failed(e) => Some(e.clone()),
+        Outcome::TimedOut => Some("timed out".to_string()),
+    };
+    if let Some(e) = &error {
+        let kind = match outcome {
+            Outcome::TimedOut => "timeout",
+            _ => "failed",
+        };
+        attributes.push(("error.type", kind.into()));
+        attributes.push(("gateway.error", e.clone().into()));
+    }
+    telemetry::record(Span {
+        trace_id: parent.trace_id,
+        span_id: open.span_id,
+        parent: Some(parent.span_id),
+        remote_parent: true,
+        name: format!("GET {}", b.key),
+        kind: Kind::Client,
+        start_ns: open.start_ns,
+        end_ns: telemetry::now_ns(),
+        attributes,
+        error,
+    });
 }
 
 /// The envelope with the backends that failed, in `failed` and in a header.
