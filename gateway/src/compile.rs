@@ -1280,6 +1280,34 @@ mod tests {
     }
 
     #[test]
+    fn tracing_faults_and_the_default_path() {
+        let e = errors(&format!(
+            "server:\n  tracing: {{ endpoint: \"udp://c:4317\", sample_ratio: 1.5, batch_spans: 0, flush_ms: 0, service_name: \"\", headers: {{ \"bad name\": x, ok: \"a\\nb\" }}, headers_env: {{ x-key: GW_UNIT_NO_SUCH_VAR }}, ca_file: /nonexistent }}\n{UP}"
+        ));
+        for want in [
+            "server.tracing.endpoint: \"udp://c:4317\": the scheme must be http or https",
+            "server.tracing.sample_ratio: must be between 0.0 and 1.0",
+            "server.tracing.batch_spans: must be at least 1",
+            "server.tracing.flush_ms: must be at least 1",
+            "server.tracing.service_name: must not be empty",
+            "server.tracing.headers.bad name: not a header name",
+            "server.tracing.headers.ok: not a valid header value",
+            "server.tracing.headers_env.x-key: environment variable GW_UNIT_NO_SUCH_VAR is not set",
+            "server.tracing.ca_file:",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(want)), "missing {want:?} in {e:?}");
+        }
+        let config = parse(&format!(
+            "server:\n  tracing: {{ endpoint: \"http://collector:4318\" }}\n{UP}"
+        ))
+        .unwrap();
+        let tracer = check(&config).unwrap().tracer.unwrap();
+        assert_eq!(tracer.export.url.target, "/v1/traces");
+        assert_eq!(tracer.export.url.port, 4318);
+        assert_eq!(tracer.sample_ratio, 1.0);
+    }
+
+    #[test]
     fn oauth2_faults() {
         let e = errors(&format!(
             "{UP}routes:\n  - name: a\n    upstream: u\n    plugins:\n      jwt: {{ algorithms: [HS256], keys: {{ jwks_file: /nonexistent }} }}\n      oauth2: {{ introspection_url: \"ftp://x/introspect\", client_id: \"\", client_secret_env: GW_UNIT_NO_SUCH_VAR, required_scopes: [\"a b\"], forward_claims: {{ sub: \"bad header\" }}, max_calls_per_sec: 0 }}\n"

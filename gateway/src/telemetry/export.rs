@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub struct Exporter<F> {
     /// The running config's tracer, if tracing is on.
     current: F,
     client: Client,
+    /// The last export failed: the log says so once, and again when exports work again.
+    failing: AtomicBool,
 }
 
 impl<F> Exporter<F>
@@ -31,6 +33,7 @@ where
         Exporter {
             current,
             client: Client::default(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -47,24 +50,29 @@ where
         };
         let s = &tracer.export;
         for batch in spans.chunks(s.batch.max(1)) {
-            match tokio::time::timeout(s.timeout, self.post(s, batch)).await {
-                Ok(Ok(())) => {
+            let result = match tokio::time::timeout(s.timeout, self.post(s, batch)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(("error", e)),
+                Err(_) => Err(("timeout", format!("no answer within {:?}", s.timeout))),
+            };
+            match result {
+                Ok(()) => {
                     METRICS.trace_exports.with_label_values(&["ok"]).inc();
                     METRICS.trace_spans_exported.inc_by(batch.len() as u64);
+                    if self.failing.swap(false, Ordering::Relaxed) {
+                        log::info!("trace export to {} works again", s.url.host_header());
+                    }
                 }
-                Ok(Err(e)) => {
-                    log::warn!("trace export to {} failed: {e}", s.url.host_header());
-                    METRICS.trace_exports.with_label_values(&["error"]).inc();
+                Err((result, e)) => {
+                    METRICS.trace_exports.with_label_values(&[result]).inc();
                     drop_spans("export_failed", batch.len());
-                }
-                Err(_) => {
-                    log::warn!(
-                        "trace export to {} timed out after {:?}",
-                        s.url.host_header(),
-                        s.timeout
-                    );
-                    METRICS.trace_exports.with_label_values(&["timeout"]).inc();
-                    drop_spans("export_failed", batch.len());
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            "trace export to {} failed: {e}; spans are dropped until it works \
+                             (gateway_trace_spans_dropped_total)",
+                            s.url.host_header()
+                        );
+                    }
                 }
             }
         }
