@@ -17,8 +17,9 @@ deps:
 	@command -v cmake >/dev/null || { apt-get update -q && $(APT_INSTALL) cmake; }
 
 # jq formats the README's curl examples; the demo OAuth 2.0 provider (tests/oauth/provider.py)
-# runs on Authlib and Flask.
-deps-run: deps deps-oauth
+# runs on Authlib and Flask; the demo's trace receiver (tests/otel/collector.py) on
+# opentelemetry-proto.
+deps-run: deps deps-oauth deps-otel
 	@command -v jq >/dev/null || { apt-get update -q && $(APT_INSTALL) jq; }
 
 PIP_INSTALL = python3 -m pip install -q --disable-pip-version-check
@@ -48,11 +49,13 @@ build: deps
 release: deps
 	$(CARGO) build --release -p gateway -p bare-pingora
 
-# Serve conf/gateway.yaml in front of the demo upstreams; Ctrl-C stops both.
+# Serve conf/gateway.yaml in front of the demo upstreams, the demo OAuth 2.0 provider and the
+# demo trace receiver; Ctrl-C stops them all.
 run: build deps-run
 	@target/debug/demo-upstreams $(DEMO_UPSTREAMS) & demo=$$!; \
 	python3 tests/oauth/provider.py 9010 >/dev/null & provider=$$!; \
-	trap "kill $$demo $$provider 2>/dev/null" EXIT INT TERM; \
+	python3 tests/otel/collector.py 4318 >/dev/null & collector=$$!; \
+	trap "kill $$demo $$provider $$collector 2>/dev/null" EXIT INT TERM; \
 	target/debug/gateway -t -c $(CONF) && target/debug/gateway -c $(CONF)
 
 # Unit tests, the end-to-end suite against the real binary, formatting and lints, the
