@@ -126,6 +126,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    except OSError as e:
+        # Another receiver (a collector, Jaeger) has the port: leave it the traces.
+        sys.exit(f"collector.py: port {sys.argv[1]} is taken ({e.strerror}); not started")
     server.daemon_threads = True
     server.serve_forever()
