@@ -126,6 +126,7 @@ bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
 	python3 load-tests/instructions.py
+	python3 load-tests/tracing.py
 	python3 load-tests/syscalls.py
 	python3 load-tests/bench_aggregate.py
 	python3 load-tests/bench_ratelimit.py

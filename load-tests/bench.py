@@ -19,7 +19,9 @@ bottleneck) and its peak resident memory; then medians and the ratios.
 Environment: ROUNDS (3), DURATION seconds per round (10), CONNECTIONS (50),
 GATEWAY_BIN (target/release/gateway), PINGORA_BIN (target/release/bare-pingora),
 QUOTA_HEADERS (the chain's rate limits' `headers` setting; unset: the default, both),
-ACCESS_LOG (the gateway's access log: off, stdout or file; default off).
+ACCESS_LOG (the gateway's access log: off, stdout or file; default off),
+TRACING (off, or a sample ratio such as 1 or 0.01: the gateway records spans and exports them
+over OTLP to the upstream nginx, which answers every export 200; default off).
 Everything listens on 127.0.0.1 only.
 """
 
@@ -50,6 +52,8 @@ PINGORA_MI_BIN = PINGORA_BIN + "-mimalloc"
 QUOTA_HEADERS = os.environ.get("QUOTA_HEADERS", "")
 # The gateway's access log in the benches: off (default), stdout, or file.
 ACCESS_LOG = os.environ.get("ACCESS_LOG", "off")
+# The gateway's tracing in the benches: off (default), or the sample ratio of new traces.
+TRACING = os.environ.get("TRACING", "off")
 JWT_SECRET = "bench-secret-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -184,9 +188,20 @@ server:
 {extra}"""
 
 
-def gateway_conf(d, port, up):
+def tracing_block(up, tracing):
+    """`server.tracing` for `tracing` (off, or a sample ratio): spans exported to the upstream
+    nginx (its `location /` answers the OTLP POST with 200 and drops the body), so exporting
+    costs the gateway what it costs."""
+    if tracing == "off":
+        return ""
+    return (f'  tracing: {{ endpoint: "http://127.0.0.1:{up}/v1/traces", '
+            f'sample_ratio: {float(tracing)} }}\n')
+
+
+def gateway_conf(d, port, up, tracing=None):
     quota = f", headers: {QUOTA_HEADERS}" if QUOTA_HEADERS else ""
-    return server_block(d, port) + f"""upstreams:
+    block = tracing_block(up, TRACING if tracing is None else tracing)
+    return server_block(d, port, block) + f"""upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
   guarded:

@@ -11,7 +11,7 @@ proxy (system allocator, Pingora's default), the same with the gateway's allocat
 the same headers set, with fixed values, and the same upstream timeouts), the gateway's plain
 route and its full policy chain (the routes of bench.py).
 
-Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN, ACCESS_LOG (as bench.py). Needs valgrind (`make bench`
+Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN, ACCESS_LOG and TRACING (as bench.py). Needs valgrind (`make bench`
 installs it). Everything listens on 127.0.0.1 only.
 """
 
