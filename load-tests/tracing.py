@@ -79,7 +79,9 @@ def main():
             conf = os.path.join(sub, "gateway.yaml")
             with open(conf, "w") as f:
                 f.write(bench.gateway_conf(sub, port, up, s))
-            instr[s] = instructions.count([GATEWAY_BIN, "-c", conf], port, "/bench", {}, sub, f"t{s}", quiet)
+            # A dump name without dots: instructions.count finds the dump by its numbered suffix.
+            name = "tracing-" + s.replace(".", "_")
+            instr[s] = instructions.count([GATEWAY_BIN, "-c", conf], port, "/bench", {}, sub, name, quiet)
         print("\nmedians, and instructions per request (callgrind, "
               f"{instructions.REQUESTS} requests over one connection)")
         for s in SETTINGS:

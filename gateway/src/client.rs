@@ -1,6 +1,6 @@
 //! The gateway's own HTTP client, for the calls it makes itself rather than proxies: the
-//! fan-out's backend calls, the mirror's copies, JWKS fetches (and the calls still to come:
-//! token introspection, trace export). One exchange at a time on Pingora's connector, with
+//! fan-out's backend calls, the mirror's copies, JWKS and discovery fetches, token
+//! introspection, trace export. One exchange at a time on Pingora's connector, with
 //! its connection pool: a connection goes back to the pool only after a whole answer was
 //! read. A leaf: it imports nothing of the gateway.
 //!

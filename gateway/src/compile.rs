@@ -1295,7 +1295,10 @@ mod tests {
             "server.tracing.headers_env.x-key: environment variable GW_UNIT_NO_SUCH_VAR is not set",
             "server.tracing.ca_file:",
         ] {
-            assert!(e.iter().any(|m| m.starts_with(want)), "missing {want:?} in {e:?}");
+            assert!(
+                e.iter().any(|m| m.starts_with(want)),
+                "missing {want:?} in {e:?}"
+            );
         }
         let config = parse(&format!(
             "server:\n  tracing: {{ endpoint: \"http://collector:4318\" }}\n{UP}"

@@ -8,7 +8,7 @@
 //! A request: [`guard`] times the head; [`proxy`] checks it, normalizes the [`path`], runs
 //! the server's policies, asks the [`router`], runs the route's chain, then tries the
 //! [`upstream`] (breaker, retries, passive and outlier tracking) or hands an aggregate to
-//! [`fanout`]; [`access_log`] and [`metrics`] see its end.
+//! [`fanout`]; [`access_log`], [`metrics`] and, when it is traced, [`telemetry`] see its end.
 
 pub mod access_log;
 pub mod admin;

@@ -809,8 +809,11 @@ impl Collector {
     }
 
     async fn get(&self, path: &str) -> serde_json::Value {
-        let (status, _, v) =
-            get_json(&crate::client(), &format!("http://127.0.0.1:{}{path}", self.port)).await;
+        let (status, _, v) = get_json(
+            &crate::client(),
+            &format!("http://127.0.0.1:{}{path}", self.port),
+        )
+        .await;
         assert_eq!(status, 200, "collector {path}");
         v
     }
@@ -825,7 +828,11 @@ impl Collector {
 
     /// Every span received so far.
     pub async fn spans(&self) -> Vec<serde_json::Value> {
-        self.get("/spans").await.as_array().cloned().unwrap_or_default()
+        self.get("/spans")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The spans of one trace, once at least `n` arrived (waits up to 5 s).
@@ -847,7 +854,11 @@ impl Collector {
 
     /// Per export request: `{headers, spans}`.
     pub async fn exports(&self) -> Vec<serde_json::Value> {
-        self.get("/exports").await.as_array().cloned().unwrap_or_default()
+        self.get("/exports")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn reset(&self) {

@@ -90,13 +90,18 @@ routes:
         assert_eq!(a["url.path"], "/api/x");
         assert_eq!(a["client.address"], "127.0.0.1");
         assert_eq!(a["user_agent.original"], "trace-test");
-        assert!(a["gateway.request_id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(a["gateway.request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
         assert_eq!(srv["resource"]["service.name"], "edge");
         assert_eq!(srv["resource"]["deployment.environment"], "test");
         assert_eq!(srv["status"]["code"], "STATUS_CODE_UNSET");
         let tries = by_kind(&spans, "CLIENT");
         for t in &tries {
-            assert_eq!(t["parent_span_id"], srv["span_id"], "a try hangs under the request");
+            assert_eq!(
+                t["parent_span_id"], srv["span_id"],
+                "a try hangs under the request"
+            );
             assert_eq!(t["attributes"]["gateway.upstream"], "u");
             assert_eq!(t["attributes"]["gateway.breaker_state"], "closed");
             let (start, end) = (t["start"].as_u64().unwrap(), t["end"].as_u64().unwrap());
@@ -187,14 +192,30 @@ routes:
                 .as_u16()
         }
     };
-    assert_eq!(send("/limited", "00000000000000000000000000000001").await, 200);
-    assert_eq!(send("/limited", "00000000000000000000000000000002").await, 429);
+    assert_eq!(
+        send("/limited", "00000000000000000000000000000001").await,
+        200
+    );
+    assert_eq!(
+        send("/limited", "00000000000000000000000000000002").await,
+        429
+    );
     assert_eq!(send("/down", "00000000000000000000000000000003").await, 502);
-    assert_eq!(send("/nowhere", "00000000000000000000000000000004").await, 404);
+    assert_eq!(
+        send("/nowhere", "00000000000000000000000000000004").await,
+        404
+    );
 
     let refused = collector.trace("00000000000000000000000000000002", 1).await;
-    assert_eq!(refused.len(), 1, "no try for a refused request: {refused:#?}");
-    assert_eq!(refused[0]["attributes"]["gateway.refusal"], "rate limit exceeded");
+    assert_eq!(
+        refused.len(),
+        1,
+        "no try for a refused request: {refused:#?}"
+    );
+    assert_eq!(
+        refused[0]["attributes"]["gateway.refusal"],
+        "rate limit exceeded"
+    );
     assert_eq!(refused[0]["attributes"]["http.response.status_code"], 429);
     assert_eq!(refused[0]["status"]["code"], "STATUS_CODE_UNSET");
 
@@ -297,7 +318,10 @@ async fn sampling_follows_the_ratio_and_the_callers_flag_and_reloads() {
     let tracing = |endpoint: &str, ratio: &str| {
         format!("endpoint: \"{endpoint}\", flush_ms: 100, sample_ratio: {ratio}")
     };
-    let yaml = format!("{}{routes}", server(&s, &tracing(&collector.endpoint(), "0")));
+    let yaml = format!(
+        "{}{routes}",
+        server(&s, &tracing(&collector.endpoint(), "0"))
+    );
     let reloaded = format!("{}{routes}", server(&s, &tracing(&other.endpoint(), "1")));
     let gw = s.start(&yaml);
     let c = client();
@@ -318,7 +342,10 @@ async fn sampling_follows_the_ratio_and_the_callers_flag_and_reloads() {
         .all(|s| s.headers["traceparent"].ends_with("-00")));
     // A caller's sampled flag wins over the ratio.
     let kept = "5bf92f3577b34da6a3ce929d0e0e4736";
-    assert_eq!(get(Some(traceparent(kept, "00f067aa0ba902b7", "01"))).await, 200);
+    assert_eq!(
+        get(Some(traceparent(kept, "00f067aa0ba902b7", "01"))).await,
+        200
+    );
     assert_eq!(collector.trace(kept, 2).await.len(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let spans = collector.spans().await;
@@ -341,7 +368,10 @@ async fn sampling_follows_the_ratio_and_the_callers_flag_and_reloads() {
     }
     // A caller's unsampled flag wins over the ratio too.
     let dropped = "6bf92f3577b34da6a3ce929d0e0e4736";
-    assert_eq!(get(Some(traceparent(dropped, "00f067aa0ba902b7", "00"))).await, 200);
+    assert_eq!(
+        get(Some(traceparent(dropped, "00f067aa0ba902b7", "00"))).await,
+        200
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while other.spans().await.len() < 20 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -350,7 +380,10 @@ async fn sampling_follows_the_ratio_and_the_callers_flag_and_reloads() {
     let spans = other.spans().await;
     assert_eq!(spans.len(), 20, "ten requests, two spans each: {spans:#?}");
     assert!(spans.iter().all(|s| s["trace_id"] != dropped));
-    assert!(collector.spans().await.is_empty(), "the old endpoint gets nothing");
+    assert!(
+        collector.spans().await.is_empty(),
+        "the old endpoint gets nothing"
+    );
     let last = up.last().unwrap();
     assert!(last.headers["traceparent"].ends_with("-00"));
 }
@@ -381,19 +414,40 @@ async fn a_collector_down_or_slow_costs_requests_nothing_and_drops_are_counted()
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
         slowest = slowest.max(t.elapsed());
     }
-    assert!(slowest < Duration::from_millis(500), "slowest request {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest request {slowest:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = gw.metrics().await;
     assert!(
         m.contains("gateway_trace_exports_total{result=\"timeout\"}"),
         "{m}"
     );
-    assert!(counter(&gw, "gateway_trace_spans_dropped_total{reason=\"queue_full\"} ").await > 0);
-    assert!(counter(&gw, "gateway_trace_spans_dropped_total{reason=\"export_failed\"} ").await > 0);
+    assert!(
+        counter(
+            &gw,
+            "gateway_trace_spans_dropped_total{reason=\"queue_full\"} "
+        )
+        .await
+            > 0
+    );
+    assert!(
+        counter(
+            &gw,
+            "gateway_trace_spans_dropped_total{reason=\"export_failed\"} "
+        )
+        .await
+            > 0
+    );
 
     // Down: the connection is refused; requests go on as before.
     collector.stop();
-    let before = counter(&gw, "gateway_trace_spans_dropped_total{reason=\"export_failed\"} ").await;
+    let before = counter(
+        &gw,
+        "gateway_trace_spans_dropped_total{reason=\"export_failed\"} ",
+    )
+    .await;
     let t = Instant::now();
     for _ in 0..200 {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
@@ -401,7 +455,14 @@ async fn a_collector_down_or_slow_costs_requests_nothing_and_drops_are_counted()
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = gw.metrics().await;
-    assert!(m.contains("gateway_trace_exports_total{result=\"error\"}"), "{m}");
-    let after = counter(&gw, "gateway_trace_spans_dropped_total{reason=\"export_failed\"} ").await;
+    assert!(
+        m.contains("gateway_trace_exports_total{result=\"error\"}"),
+        "{m}"
+    );
+    let after = counter(
+        &gw,
+        "gateway_trace_spans_dropped_total{reason=\"export_failed\"} ",
+    )
+    .await;
     assert!(after > before, "{before} -> {after}");
 }

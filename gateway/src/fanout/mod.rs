@@ -227,42 +227,43 @@ impl FanoutApp {
 
         let deadline = Instant::now() + agg.timeout;
         let slots = Semaphore::new(agg.max_concurrency);
-        let calls = agg.backends.iter().zip(paths).map(|(b, path)| {
-            let (slots, forward) = (&slots, &forward);
-            async move {
-                let path = match path {
-                    Ok(p) => p,
-                    Err(e) => return (Outcome::Failed(e), String::new()),
-                };
-                let Ok(_slot) = slots.acquire().await else {
-                    return (Outcome::Failed("closed".into()), path);
-                };
-                let left = deadline.saturating_duration_since(Instant::now());
-                let budget = b.timeout.map_or(left, |t| t.min(left));
-                // The backend's parent: this call's span when traced, else the proxy's try.
-                let span = trace.map(|_| Open::now());
-                let mut headers = forward.clone();
-                match (&trace, span) {
-                    (Some((tp, _)), Some(open)) => headers.push((
-                        TRACEPARENT.clone(),
-                        telemetry::traceparent(&tp.trace_id, &open.span_id, tp.flags),
-                    )),
-                    _ => headers.extend(incoming.map(|v| (TRACEPARENT.clone(), v.clone()))),
-                }
-                let target = OnceLock::new();
-                let outcome =
-                    match tokio::time::timeout(budget, self.call(b, &path, &headers, &target))
-                        .await
-                    {
-                        Ok(o) => o,
-                        Err(_) => Outcome::TimedOut,
+        let calls =
+            agg.backends.iter().zip(paths).map(|(b, path)| {
+                let (slots, forward) = (&slots, &forward);
+                async move {
+                    let path = match path {
+                        Ok(p) => p,
+                        Err(e) => return (Outcome::Failed(e), String::new()),
                     };
-                if let (Some((_, parent)), Some(open)) = (trace, span) {
-                    backend_span(parent, open, &agg.name, b, &path, target.get(), &outcome);
+                    let Ok(_slot) = slots.acquire().await else {
+                        return (Outcome::Failed("closed".into()), path);
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let budget = b.timeout.map_or(left, |t| t.min(left));
+                    // The backend's parent: this call's span when traced, else the proxy's try.
+                    let span = trace.map(|_| Open::now());
+                    let mut headers = forward.clone();
+                    match (&trace, span) {
+                        (Some((tp, _)), Some(open)) => headers.push((
+                            TRACEPARENT.clone(),
+                            telemetry::traceparent(&tp.trace_id, &open.span_id, tp.flags),
+                        )),
+                        _ => headers.extend(incoming.map(|v| (TRACEPARENT.clone(), v.clone()))),
+                    }
+                    let target = OnceLock::new();
+                    let outcome =
+                        match tokio::time::timeout(budget, self.call(b, &path, &headers, &target))
+                            .await
+                        {
+                            Ok(o) => o,
+                            Err(_) => Outcome::TimedOut,
+                        };
+                    if let (Some((_, parent)), Some(open)) = (trace, span) {
+                        backend_span(parent, open, &agg.name, b, &path, target.get(), &outcome);
+                    }
+                    (outcome, path)
                 }
-                (outcome, path)
-            }
-        });
+            });
         let outcomes = futures::future::join_all(calls).await;
 
         let mut data = Map::new();

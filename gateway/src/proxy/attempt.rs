@@ -183,7 +183,8 @@ impl Attempts {
             (None, Some(f)) if !abandoned => Some(failure_text(f)),
             // No answer and no failure of the upstream's: the client went away.
             (None, _) => {
-                span.attributes.push(("gateway.abandoned", Value::Bool(true)));
+                span.attributes
+                    .push(("gateway.abandoned", Value::Bool(true)));
                 None
             }
         };

@@ -271,8 +271,11 @@ impl ProxyHttp for Gateway {
         ] {
             *t = t.map(|d| d.min(left));
         }
-        ctx.attempt
-            .begin(up, backend.addr.as_inet().copied(), &session.req_header().method);
+        ctx.attempt.begin(
+            up,
+            backend.addr.as_inet().copied(),
+            &session.req_header().method,
+        );
         Ok(Box::new(peer))
     }
 

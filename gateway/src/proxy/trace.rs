@@ -98,10 +98,16 @@ pub fn server_span(
     let req = session.req_header();
     let route = ctx.route().map(|r| r.name.as_str());
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
-    attrs.push(("http.request.method", Value::Str(req.method.as_str().into())));
+    attrs.push((
+        "http.request.method",
+        Value::Str(req.method.as_str().into()),
+    ));
     attrs.push(("url.path", Value::Str(req.uri.path().into())));
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    attrs.push(("url.scheme", Value::Static(if tls { "https" } else { "http" })));
+    attrs.push((
+        "url.scheme",
+        Value::Static(if tls { "https" } else { "http" }),
+    ));
     attrs.push((
         "network.protocol.version",
         Value::Static(match req.version {

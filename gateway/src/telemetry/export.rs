@@ -81,8 +81,9 @@ where
     async fn post(&self, s: &ExportSettings, spans: &[Span]) -> Result<(), String> {
         let body = Bytes::from(otlp::export_request(&s.resource, spans));
         let peer = s.url.peer(s.timeout, s.ca.clone()).await?;
-        let mut req = RequestHeader::build("POST", s.url.target.as_bytes(), Some(4 + s.headers.len()))
-            .map_err(|e| e.to_string())?;
+        let mut req =
+            RequestHeader::build("POST", s.url.target.as_bytes(), Some(4 + s.headers.len()))
+                .map_err(|e| e.to_string())?;
         let text = |e: Box<pingora::Error>| e.to_string();
         req.insert_header(http::header::HOST, s.url.host_header())
             .map_err(text)?;

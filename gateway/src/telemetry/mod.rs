@@ -249,7 +249,10 @@ impl TraceParent {
 
     /// The sampled flag (the flags' lowest bit).
     pub fn sampled(&self) -> bool {
-        matches!(self.flags[1], b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f')
+        matches!(
+            self.flags[1],
+            b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+        )
     }
 
     /// Where a span of this request belongs: the trace, under the caller's span.
@@ -344,14 +347,19 @@ mod tests {
         assert_eq!(&tp.span_id, b"b7ad6b7169203331");
         assert!(tp.sampled());
         let parent = tp.parent().unwrap();
-        assert_eq!(parent.span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+        assert_eq!(
+            parent.span_id,
+            [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]
+        );
         assert_eq!(
             traceparent(&tp.trace_id, &parent.span_id, tp.flags).as_bytes(),
             good
         );
-        assert!(!TraceParent::parse(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02")
-            .unwrap()
-            .sampled());
+        assert!(
+            !TraceParent::parse(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02")
+                .unwrap()
+                .sampled()
+        );
         for bad in [
             &b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..],
             b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",

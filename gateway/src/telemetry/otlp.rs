@@ -102,7 +102,8 @@ const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
 pub fn export_request(resource: &[u8], spans: &[Span]) -> Vec<u8> {
     let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
     let scope = len_field(1, SCOPE_NAME.len()) + len_field(2, SCOPE_VERSION.len());
-    let scope_spans = len_field(1, scope) + span_lens.iter().map(|n| len_field(2, *n)).sum::<usize>();
+    let scope_spans =
+        len_field(1, scope) + span_lens.iter().map(|n| len_field(2, *n)).sum::<usize>();
     let resource_spans = len_field(1, resource.len()) + len_field(2, scope_spans);
     let total = len_field(1, resource_spans);
     let mut out = Vec::with_capacity(total);
@@ -196,7 +197,10 @@ mod tests {
             (127, &[0x7f]),
             (128, &[0x80, 0x01]),
             (300, &[0xac, 0x02]),
-            (u64::MAX, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            (
+                u64::MAX,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ),
         ] {
             let mut out = Vec::new();
             varint(&mut out, v);
@@ -233,7 +237,10 @@ mod tests {
         write_span(&mut out, &span);
         assert_eq!(out.len(), span_len(&span));
         // export_request checks its own total in debug builds.
-        let all = export_request(&resource(&[("k".into(), Value::Static("v"))]), &[span.clone(), span]);
+        let all = export_request(
+            &resource(&[("k".into(), Value::Static("v"))]),
+            &[span.clone(), span],
+        );
         assert!(all.len() > 2 * out.len());
     }
 
