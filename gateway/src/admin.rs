@@ -96,9 +96,14 @@ impl AdminApp {
                 .as_ref()
                 .map(|b| json!({"state": b.state().as_str(), "transitions": b.transitions()}));
             let retries = up.metrics.retries.get();
+            let discovery = up.source_state().map(|s| {
+                json!({"type": s.kind, "index": s.index, "targets": s.targets,
+                       "last_error": s.last_error})
+            });
             out.insert(
                 name.clone(),
-                json!({"targets": targets, "circuit_breaker": breaker, "retries": retries}),
+                json!({"targets": targets, "circuit_breaker": breaker, "retries": retries,
+                       "discovery": discovery}),
             );
         }
         Value::Object(out)

@@ -166,6 +166,33 @@ impl Client {
         body: Option<Bytes>,
         keep: Body,
     ) -> Result<Answer, CallError> {
+        let mut answer = self.open(peer, req, body).await?;
+        let mut kept = BytesMut::new();
+        while let Some(chunk) = answer.chunk().await? {
+            if let Body::Keep(max) = keep {
+                if kept.len() + chunk.len() > max {
+                    return Err(CallError::TooLarge(max));
+                }
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        self.connector
+            .release_http_session(answer.session, peer, peer.idle_timeout())
+            .await;
+        Ok(Answer {
+            status: answer.status,
+            body: kept.freeze(),
+        })
+    }
+
+    /// Send `req` and read the answer's head; its body is read as it arrives
+    /// ([`Streaming::chunk`]), for a watch or a long poll. The connection is not reused.
+    pub async fn open(
+        &self,
+        peer: &HttpPeer,
+        req: RequestHeader,
+        body: Option<Bytes>,
+    ) -> Result<Streaming, CallError> {
         let text = |e: Box<pingora::Error>| e.to_string();
         let (mut session, _reused) = self
             .connector
@@ -190,27 +217,33 @@ impl Client {
             .read_response_header()
             .await
             .map_err(|e| CallError::Read(text(e)))?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
-        let mut kept = BytesMut::new();
-        while let Some(chunk) = session
+        let (status, headers) = session
+            .response_header()
+            .map_or((0, http::HeaderMap::new()), |r| {
+                (r.status.as_u16(), r.headers.clone())
+            });
+        Ok(Streaming {
+            session,
+            status,
+            headers,
+        })
+    }
+}
+
+/// An answer whose body is read as it arrives.
+pub struct Streaming {
+    session: pingora::protocols::http::client::HttpSession,
+    pub status: u16,
+    pub headers: http::HeaderMap,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, CallError> {
+        self.session
             .read_response_body()
             .await
-            .map_err(|e| CallError::Read(text(e)))?
-        {
-            if let Body::Keep(max) = keep {
-                if kept.len() + chunk.len() > max {
-                    return Err(CallError::TooLarge(max));
-                }
-                kept.extend_from_slice(&chunk);
-            }
-        }
-        self.connector
-            .release_http_session(session, peer, peer.idle_timeout())
-            .await;
-        Ok(Answer {
-            status,
-            body: kept.freeze(),
-        })
+            .map_err(|e| CallError::Read(e.to_string()))
     }
 }
 

@@ -18,12 +18,15 @@ use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HeaderMatchConfig, HeaderOpsConfig, LbAlgorithm,
     PathMatch, RetryCondition, RetryOn, UpstreamConfig,
 };
-use crate::config::{CorsConfig, IpFilterConfig, JwtConfig, TracingConfig};
+use crate::config::{
+    CorsConfig, DiscoveryConfig, DiscoveryKind, IpFilterConfig, JwtConfig, TracingConfig,
+};
 use crate::jwks::{JwksSource, JwksUrl};
 use crate::policy::oauth2::{Endpoint, OAuth2Source};
 use crate::runtime::{Parts, RouteParts, Runtime};
 use crate::store::RedisStore;
 use crate::telemetry::{ExportSettings, Tracer};
+use crate::upstream::registry::{Consul, Etcd, Registry};
 use crate::upstream::resolve;
 use crate::upstream::{HashKey, UpstreamParts};
 use plugins::claims::ForwardClaims;
@@ -567,18 +570,7 @@ fn check_upstream(errs: &mut Vec<ConfigError>, p: &str, up: &UpstreamConfig) -> 
             format!("{p}.discovery"),
             "set targets or discovery, not both",
         )),
-        (Some(d), true) => {
-            match crate::upstream::dns_discovery(d) {
-                Ok(dns) => parts.dns = Some(dns),
-                Err(e) => errs.push(ConfigError::new(format!("{p}.discovery"), e)),
-            }
-            nonzero(
-                errs,
-                &format!("{p}.discovery"),
-                &[("refresh_secs", d.refresh_secs)],
-                AT_LEAST_ONE,
-            );
-        }
+        (Some(d), true) => check_discovery(errs, &format!("{p}.discovery"), d, &mut parts),
         (None, false) => {}
     }
     for (i, t) in up.targets.iter().enumerate() {
@@ -736,6 +728,173 @@ fn nonzero(errs: &mut Vec<ConfigError>, base: &str, fields: &[(&str, u64)], mess
     for (field, v) in fields {
         if *v == 0 {
             errs.push(ConfigError::new(format!("{base}.{field}"), message));
+        }
+    }
+}
+
+/// A `discovery` block: the keys of its type, compiled into the parts.
+fn check_discovery(
+    errs: &mut Vec<ConfigError>,
+    p: &str,
+    d: &DiscoveryConfig,
+    parts: &mut UpstreamParts,
+) {
+    let before = errs.len();
+    // Keys that belong to another type are a mistake, not silently ignored.
+    let set: [(&str, bool, &[DiscoveryKind]); 12] = [
+        (
+            "dns",
+            d.dns.is_some(),
+            &[DiscoveryKind::A, DiscoveryKind::Srv],
+        ),
+        (
+            "resolver",
+            d.resolver.is_some(),
+            &[DiscoveryKind::A, DiscoveryKind::Srv],
+        ),
+        ("endpoints", !d.endpoints.is_empty(), &[DiscoveryKind::Etcd]),
+        ("prefix", d.prefix.is_some(), &[DiscoveryKind::Etcd]),
+        ("username", d.username.is_some(), &[DiscoveryKind::Etcd]),
+        (
+            "password_env",
+            d.password_env.is_some(),
+            &[DiscoveryKind::Etcd],
+        ),
+        ("service", d.service.is_some(), &[DiscoveryKind::Consul]),
+        ("address", d.address.is_some(), &[DiscoveryKind::Consul]),
+        (
+            "datacenter",
+            d.datacenter.is_some(),
+            &[DiscoveryKind::Consul],
+        ),
+        ("tag", d.tag.is_some(), &[DiscoveryKind::Consul]),
+        ("token_env", d.token_env.is_some(), &[DiscoveryKind::Consul]),
+        (
+            "ca_file",
+            d.ca_file.is_some(),
+            &[DiscoveryKind::Etcd, DiscoveryKind::Consul],
+        ),
+    ];
+    let kind = serde_yaml::to_string(&d.kind).unwrap_or_default();
+    for (key, present, kinds) in set {
+        if present && !kinds.contains(&d.kind) {
+            errs.push(ConfigError::new(
+                format!("{p}.{key}"),
+                format!("not a key of type {}", kind.trim()),
+            ));
+        }
+    }
+    let env = |errs: &mut Vec<ConfigError>, key: &str, var: &Option<String>| {
+        var.as_ref().and_then(|v| match std::env::var(v) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                errs.push(ConfigError::new(
+                    format!("{p}.{key}"),
+                    format!("environment variable {v} is not set"),
+                ));
+                None
+            }
+        })
+    };
+    let ca = match &d.ca_file {
+        Some(f) => crate::upstream::load_ca(f)
+            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
+            .ok(),
+        None => None,
+    };
+    let timeout = Duration::from_millis(d.timeout_ms.max(1));
+    nonzero(errs, p, &[("timeout_ms", d.timeout_ms)], AT_LEAST_ONE);
+    match d.kind {
+        DiscoveryKind::A | DiscoveryKind::Srv => {
+            match crate::upstream::dns_discovery(d) {
+                Ok(dns) => parts.dns = Some(dns),
+                Err(e) => errs.push(ConfigError::new(p, e)),
+            }
+            nonzero(errs, p, &[("refresh_secs", d.refresh_secs)], AT_LEAST_ONE);
+        }
+        DiscoveryKind::Etcd => {
+            if d.endpoints.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("{p}.endpoints"),
+                    "type etcd needs endpoints (http://IP:2379)",
+                ));
+            }
+            let mut endpoints = Vec::new();
+            for (i, e) in d.endpoints.iter().enumerate() {
+                match Url::parse(e, e) {
+                    Ok(u) => endpoints.push(u),
+                    Err(msg) => errs.push(ConfigError::new(format!("{p}.endpoints[{i}]"), msg)),
+                }
+            }
+            let prefix = d.prefix.clone().unwrap_or_default();
+            if prefix.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("{p}.prefix"),
+                    "type etcd needs a prefix (/services/NAME/)",
+                ));
+            }
+            let password = env(errs, "password_env", &d.password_env);
+            if d.username.is_some() != d.password_env.is_some() {
+                errs.push(ConfigError::new(
+                    format!("{p}.username"),
+                    "set username and password_env together",
+                ));
+            }
+            if errs.len() == before {
+                parts.registry = Some(Registry::Etcd(Etcd {
+                    endpoints,
+                    prefix,
+                    auth: d.username.clone().zip(password),
+                    ca,
+                    timeout,
+                }));
+            }
+        }
+        DiscoveryKind::Consul => {
+            let service = d.service.clone().unwrap_or_default();
+            let safe = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            if !safe(&service) {
+                errs.push(ConfigError::new(
+                    format!("{p}.service"),
+                    "type consul needs a service name (letters, digits, - _ .)",
+                ));
+            }
+            for (key, v) in [("datacenter", &d.datacenter), ("tag", &d.tag)] {
+                if v.as_deref().is_some_and(|v| !safe(v)) {
+                    errs.push(ConfigError::new(
+                        format!("{p}.{key}"),
+                        "letters, digits, - _ . only",
+                    ));
+                }
+            }
+            let address = d.address.as_deref().unwrap_or("http://127.0.0.1:8500");
+            let url = Url::parse(address, address)
+                .map_err(|e| errs.push(ConfigError::new(format!("{p}.address"), e)))
+                .ok();
+            let token = env(errs, "token_env", &d.token_env);
+            if !(1..=600).contains(&d.wait_secs) {
+                errs.push(ConfigError::new(
+                    format!("{p}.wait_secs"),
+                    "between 1 and 600",
+                ));
+            }
+            if let (Some(url), true) = (url, errs.len() == before) {
+                parts.registry = Some(Registry::Consul(Consul {
+                    url,
+                    service,
+                    datacenter: d.datacenter.clone(),
+                    tag: d.tag.clone(),
+                    token,
+                    passing_only: d.passing_only,
+                    wait: Duration::from_secs(d.wait_secs),
+                    ca,
+                    timeout,
+                }));
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub access_log_dropped: IntGauge,
     pub mirror_requests: IntCounterVec,
     pub discovery_refreshes: IntCounterVec,
+    pub discovery_index: IntGaugeVec,
     pub aggregate_backends: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
@@ -117,10 +118,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("register gateway_mirror_requests_total"),
     discovery_refreshes: register_int_counter_vec!(
         "gateway_discovery_refreshes_total",
-        "DNS discovery lookups by upstream and result (ok, error: the last good targets stay)",
+        "Discovery answers by upstream and result: DNS lookups, etcd and Consul answers (ok, error: the last good targets stay)",
         &["upstream", "result"]
     )
     .expect("register gateway_discovery_refreshes_total"),
+    discovery_index: register_int_gauge_vec!(
+        "gateway_discovery_index",
+        "The etcd revision or Consul index of the targets an upstream uses, by upstream",
+        &["upstream"]
+    )
+    .expect("register gateway_discovery_index"),
     aggregate_backends: register_int_counter_vec!(
         "gateway_aggregate_backend_calls_total",
         "Fan-out backend calls by aggregate, backend and result (ok, error, timeout)",

@@ -1,5 +1,6 @@
 //! The background service that runs active health checks, DNS discovery refreshes and
-//! JWKS refreshes.
+//! JWKS refreshes, and starts each etcd or Consul discovery's task (which ends by itself
+//! when a reload drops its upstream).
 //!
 //! It reads the current [`crate::runtime::Runtime`] on every tick, so upstreams that a reload adds or
 //! removes are picked up without restarting anything. Each upstream is probed at its own
@@ -46,6 +47,10 @@ impl BackgroundService for RefreshService {
                 }
             }
             for up in rt.upstreams.values() {
+                if let Some(registry) = up.watch_start() {
+                    let up = std::sync::Arc::downgrade(up);
+                    tokio::spawn(crate::upstream::registry::watch(up, registry));
+                }
                 if up.refresh_due(now_ms) {
                     let up = up.clone();
                     tokio::spawn(async move { up.refresh().await });

@@ -1045,21 +1045,68 @@ fn default_backoff_max() -> u64 {
     250
 }
 
+/// Where an upstream's targets come from when they are not listed: DNS (`type: a` or
+/// `srv`, polled), an etcd prefix (`type: etcd`, watched) or a Consul service (`type:
+/// consul`, blocking queries). Each type takes its own keys; the compile step refuses the
+/// others.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
-    /// `NAME:PORT` for A/AAAA records, `NAME` for SRV records.
-    pub dns: String,
     #[serde(default, rename = "type")]
-    pub kind: DnsRecordKind,
-    /// Ask again this often; targets that appear or vanish join or leave the pool.
+    pub kind: DiscoveryKind,
+    /// DNS: `NAME:PORT` for A/AAAA records, `NAME` for SRV records.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// DNS: ask again this often; targets that appear or vanish join or leave the pool.
     #[serde(default = "default_refresh_secs")]
     pub refresh_secs: u64,
-    /// `IP:PORT` of the DNS server; default: the first nameserver of /etc/resolv.conf.
+    /// DNS: `IP:PORT` of the DNS server; default: the first nameserver of /etc/resolv.conf.
     #[serde(default)]
     pub resolver: Option<String>,
+    /// One lookup or call (a Consul blocking query adds its `wait_secs`).
     #[serde(default = "default_hc_timeout")]
     pub timeout_ms: u64,
+    /// etcd: client URLs (`http://IP:2379`), tried in turn.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// etcd: every key under this prefix is a target, its value `{"addr": "IP:PORT",
+    /// "weight": N}`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// etcd: user for etcd's authentication (with `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// etcd: the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Consul: the service's name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Consul: the agent's HTTP API (`http://127.0.0.1:8500`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Consul: the datacenter (default: the agent's).
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// Consul: only instances with this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Consul: the environment variable holding an ACL token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Consul: only instances whose checks all pass (default true).
+    #[serde(default = "yes")]
+    pub passing_only: bool,
+    /// Consul: how long one blocking query waits for a change.
+    #[serde(default = "default_consul_wait")]
+    pub wait_secs: u64,
+    /// etcd and Consul over https: CA bundle (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_consul_wait() -> u64 {
+    30
 }
 
 fn default_refresh_secs() -> u64 {
@@ -1068,10 +1115,16 @@ fn default_refresh_secs() -> u64 {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DnsRecordKind {
+pub enum DiscoveryKind {
+    /// DNS A/AAAA records of `dns: NAME:PORT`.
     #[default]
     A,
+    /// DNS SRV records of `dns: NAME` (ports and weights from the records).
     Srv,
+    /// The keys under an etcd prefix.
+    Etcd,
+    /// A Consul service's healthy instances.
+    Consul,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

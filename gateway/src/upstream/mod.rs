@@ -8,9 +8,10 @@
 
 pub mod dns;
 pub mod outlier;
+pub mod registry;
 
 use crate::clock::ProcessClock;
-use crate::config::{DiscoveryConfig, DnsRecordKind};
+use crate::config::{DiscoveryConfig, DiscoveryKind};
 use crate::config::{HealthCheckKind, LbAlgorithm, UpstreamConfig};
 use crate::config::{RetryCondition, RetryOn};
 use crate::metrics::METRICS;
@@ -29,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use plugins::breaker::{Breaker, BreakerConfig, Clock};
 use plugins::retry::{RetryConfig, RetryPolicy};
+pub use registry::{Registry, SourceState};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -110,6 +112,12 @@ pub struct Upstream {
     dns: Option<DnsDiscovery>,
     next_refresh_ms: AtomicU64,
     refreshing: AtomicBool,
+    /// An etcd prefix or a Consul service that says when the targets change.
+    registry: Option<Arc<Registry>>,
+    /// The registry's task is running.
+    watching: AtomicBool,
+    /// What the admin API shows of the registry.
+    source: std::sync::Mutex<SourceState>,
     /// Interval of the active health check, if one is configured.
     pub health_interval: Option<Duration>,
     /// Milliseconds since the process epoch when the next probe round is due.
@@ -124,6 +132,8 @@ pub struct UpstreamParts {
     /// Each target's addresses, in the order of `targets`.
     pub addrs: Vec<Vec<SocketAddr>>,
     pub dns: Option<DnsDiscovery>,
+    /// etcd or Consul discovery.
+    pub registry: Option<Registry>,
     pub ca: Option<Arc<CaType>>,
     pub hash_key: Option<HashKey>,
 }
@@ -139,6 +149,7 @@ impl Upstream {
             }
         }
         let dns = parts.dns;
+        let registry = parts.registry.map(Arc::new);
         if let Some(dns) = &dns {
             // The first lookup happens now; if it fails the pool starts empty (503) and
             // the refresh keeps trying.
@@ -288,6 +299,12 @@ impl Upstream {
             dns,
             next_refresh_ms: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
+            source: std::sync::Mutex::new(SourceState {
+                kind: registry.as_ref().map_or("", |r| r.kind()),
+                ..SourceState::default()
+            }),
+            registry,
+            watching: AtomicBool::new(false),
             name: name.to_string(),
             balancer,
             hash_key,
@@ -529,24 +546,7 @@ impl Upstream {
                     .into_iter()
                     .map(|f| backend(f.addr, f.weight))
                     .collect();
-                if set != **self.target_set.load() {
-                    let list: Vec<String> = set.iter().map(|b| b.addr.to_string()).collect();
-                    log::info!("upstream {}: discovery: targets now {list:?}", self.name);
-                    self.states
-                        .store(Arc::new(target_states(&set, Some(&self.states.load()))));
-                    self.target_set.store(Arc::new(set));
-                    let updated = match &self.balancer {
-                        Balancer::RoundRobin(lb) => lb.update().await,
-                        Balancer::Random(lb) => lb.update().await,
-                        Balancer::Hash(lb) => lb.update().await,
-                    };
-                    if let Err(e) = updated {
-                        log::error!(
-                            "upstream {}: cannot apply discovered targets: {e}",
-                            self.name
-                        );
-                    }
-                }
+                self.set_targets(set).await;
                 "ok"
             }
             Err(e) => {
@@ -557,11 +557,81 @@ impl Upstream {
                 "error"
             }
         };
-        METRICS
-            .discovery_refreshes
-            .with_label_values(&[self.name.as_str(), label])
-            .inc();
+        registry::count(&self.name, label);
         self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// Replace the targets: those that appeared join, those that vanished leave, those
+    /// that stayed keep their health and passive state.
+    async fn set_targets(&self, set: BTreeSet<Backend>) {
+        if set == **self.target_set.load() {
+            return;
+        }
+        let list: Vec<String> = set.iter().map(|b| b.addr.to_string()).collect();
+        log::info!("upstream {}: discovery: targets now {list:?}", self.name);
+        self.states
+            .store(Arc::new(target_states(&set, Some(&self.states.load()))));
+        self.target_set.store(Arc::new(set));
+        let updated = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.update().await,
+            Balancer::Random(lb) => lb.update().await,
+            Balancer::Hash(lb) => lb.update().await,
+        };
+        if let Err(e) = updated {
+            log::error!(
+                "upstream {}: cannot apply discovered targets: {e}",
+                self.name
+            );
+        }
+    }
+
+    /// The registry's task, the first time this is asked (the refresh service starts it).
+    pub fn watch_start(&self) -> Option<Arc<Registry>> {
+        let registry = self.registry.as_ref()?;
+        (!self.watching.swap(true, Ordering::AcqRel)).then(|| registry.clone())
+    }
+
+    /// The registry answered: these targets, at this revision or index.
+    pub async fn discovered(&self, set: BTreeSet<Backend>, index: u64) {
+        let n = set.len();
+        self.set_targets(set).await;
+        {
+            let mut s = self.source.lock().unwrap_or_else(|p| p.into_inner());
+            s.index = index;
+            s.targets = n;
+            s.last_error = None;
+        }
+        METRICS
+            .discovery_index
+            .with_label_values(&[self.name.as_str()])
+            .set(index as i64);
+        registry::count(&self.name, "ok");
+    }
+
+    /// The registry failed: the last good targets stay.
+    pub fn discovery_failed(&self, e: &str) {
+        let mut s = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        if s.last_error.as_deref() != Some(e) {
+            log::warn!(
+                "upstream {}: {} discovery failed, keeping the last good targets: {e}",
+                self.name,
+                s.kind
+            );
+        }
+        s.last_error = Some(e.to_string());
+        drop(s);
+        registry::count(&self.name, "error");
+    }
+
+    /// The registry's state, for the admin API (`None` without one).
+    pub fn source_state(&self) -> Option<SourceState> {
+        self.registry.as_ref()?;
+        Some(
+            self.source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 
     pub async fn probe(&self) {
@@ -634,26 +704,29 @@ impl ServiceDiscovery for SharedTargets {
     }
 }
 
-/// Compile a `discovery` block.
+/// Compile a DNS `discovery` block (`type: a` or `srv`).
 pub fn dns_discovery(d: &DiscoveryConfig) -> Result<DnsDiscovery, String> {
+    let dns = d.dns.as_deref().ok_or("type a and srv need dns")?;
     let kind = match d.kind {
-        DnsRecordKind::A => {
-            let (_, port) = d
-                .dns
+        DiscoveryKind::A => {
+            let (_, port) = dns
                 .rsplit_once(':')
-                .ok_or_else(|| format!("{:?}: type a needs NAME:PORT", d.dns))?;
+                .ok_or_else(|| format!("{dns:?}: type a needs NAME:PORT"))?;
             Kind::Address {
-                port: port.parse().map_err(|_| format!("{:?}: bad port", d.dns))?,
+                port: port.parse().map_err(|_| format!("{dns:?}: bad port"))?,
             }
         }
-        DnsRecordKind::Srv => Kind::Srv,
+        DiscoveryKind::Srv => Kind::Srv,
+        DiscoveryKind::Etcd | DiscoveryKind::Consul => {
+            return Err("not a DNS discovery".into());
+        }
     };
     let name = match kind {
-        Kind::Address { .. } => d.dns.rsplit_once(':').map_or("", |(n, _)| n),
-        Kind::Srv => d.dns.as_str(),
+        Kind::Address { .. } => dns.rsplit_once(':').map_or("", |(n, _)| n),
+        Kind::Srv => dns,
     };
     if name.is_empty() || name.contains(':') {
-        return Err(format!("{:?} is not a DNS name", d.dns));
+        return Err(format!("{dns:?} is not a DNS name"));
     }
     let resolver = match &d.resolver {
         Some(r) => r
