@@ -33,11 +33,12 @@ deps-otel:
 	@python3 -c 'import opentelemetry.proto' 2>/dev/null || $(PIP_INSTALL) opentelemetry-proto==1.45.2 \
 		|| $(PIP_INSTALL) --break-system-packages opentelemetry-proto==1.45.2
 
-# promtool checks the alert rules; dnsmasq, redis-server, the OAuth 2.0 provider and the OTLP
-# receiver are real servers the tests start.
+# promtool checks the alert rules; dnsmasq, redis-server, etcd, the OAuth 2.0 provider and the
+# OTLP receiver are real servers the tests start.
 deps-test: deps deps-oauth deps-otel
 	@command -v promtool >/dev/null && command -v dnsmasq >/dev/null && command -v redis-server >/dev/null \
-		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server; }
+		&& command -v etcd >/dev/null \
+		|| { apt-get update -q && $(APT_INSTALL) prometheus dnsmasq-base redis-server etcd-server; }
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null \

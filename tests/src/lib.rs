@@ -766,6 +766,211 @@ impl Drop for OAuthProvider {
     }
 }
 
+/// A real etcd server (Debian's etcd-server) on free ports of 127.0.0.1 with its own data
+/// directory, stopped on drop. Keys are written through etcd's JSON gateway (`/v3/...`).
+pub struct EtcdServer {
+    child: Child,
+    pub port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    pub fn start() -> EtcdServer {
+        let (port, peer_port) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        EtcdServer {
+            child: Self::spawn(port, peer_port, dir.path()),
+            port,
+            peer_port,
+            dir,
+        }
+    }
+
+    fn spawn(port: u16, peer_port: u16, dir: &Path) -> Child {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd (make test installs etcd-server)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && raw(
+                    port,
+                    b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n",
+                    Duration::from_millis(500),
+                )
+                .contains("\"health\":\"true\"");
+            if ready {
+                return child;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server; its ports and data stay for [`EtcdServer::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port, self.peer_port, self.dir.path());
+    }
+
+    async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = crate::client()
+            .post(format!("{}{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("etcd answers");
+        assert!(r.status().is_success(), "etcd {path}: {}", r.status());
+        r.json().await.expect("etcd answers JSON")
+    }
+
+    /// Write `value` at `key`, bound to `lease` when given.
+    pub async fn put(&self, key: &str, value: &str, lease: Option<i64>) {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut body = serde_json::json!({"key": b64(key), "value": b64(value)});
+        if let Some(l) = lease {
+            body["lease"] = serde_json::json!(l.to_string());
+        }
+        self.call("/v3/kv/put", body).await;
+    }
+
+    pub async fn delete(&self, key: &str) {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        self.call("/v3/kv/deleterange", serde_json::json!({ "key": key }))
+            .await;
+    }
+
+    /// A lease that expires after `ttl_secs` unless kept alive (it is not).
+    pub async fn grant(&self, ttl_secs: u64) -> i64 {
+        let v = self
+            .call("/v3/lease/grant", serde_json::json!({ "TTL": ttl_secs }))
+            .await;
+        v["ID"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("lease id")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stand-in for Consul's health endpoint (`tests/consul/standin.py`): blocking queries
+/// with `X-Consul-Index`, as Consul's documentation describes them.
+pub struct ConsulStandin {
+    child: Child,
+    pub port: u16,
+}
+
+impl ConsulStandin {
+    pub fn start() -> ConsulStandin {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/consul/standin.py");
+        let child = Command::new("python3")
+            .args([script, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the Consul stand-in did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ConsulStandin { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Replace the service's instances: `[{"id", "address", "port", "weight", "status",
+    /// "tags"}]`.
+    pub async fn set_service(&self, name: &str, instances: serde_json::Value) {
+        let r = crate::client()
+            .put(format!("{}/admin/service/{name}", self.url()))
+            .json(&instances)
+            .send()
+            .await
+            .expect("stand-in answers");
+        assert_eq!(r.status(), 200);
+    }
+
+    async fn post(&self, path: &str) {
+        crate::client()
+            .post(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("stand-in answers");
+    }
+
+    /// As a Consul restart: the index goes back.
+    pub async fn restart_index(&self) {
+        self.post("/admin/restart").await;
+    }
+
+    pub async fn require_token(&self, token: &str) {
+        self.post(&format!("/admin/token?value={token}")).await;
+    }
+
+    /// `{"queries": N, "blocking": N}` answered so far.
+    pub async fn stats(&self) -> serde_json::Value {
+        get_json(&crate::client(), &format!("{}/admin/stats", self.url()))
+            .await
+            .2
+    }
+}
+
+impl Drop for ConsulStandin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The OTLP/HTTP trace receiver (`tests/otel/collector.py`): decodes the gateway's exports
 /// with OpenTelemetry's own protocol definitions and shows the spans as JSON.
 pub struct Collector {
