@@ -1439,6 +1439,30 @@ mod tests {
     }
 
     #[test]
+    fn discovery_faults_name_the_key_of_each_type() {
+        let e = errors(
+            "upstreams:\n  e:\n    discovery: { type: etcd, endpoints: [\"ftp://x\"], dns: \"a:1\", username: u }\n  c:\n    discovery: { type: consul, service: \"a b\", prefix: /x/, token_env: GW_UNIT_NO_SUCH_VAR, wait_secs: 0 }\n  d:\n    discovery: { type: srv, service: s }\nroutes:\n  - { name: r, upstream: e }\n",
+        );
+        for want in [
+            "upstreams.e.discovery.endpoints[0]: \"ftp://x\": the scheme must be http or https",
+            "upstreams.e.discovery.dns: not a key of type etcd",
+            "upstreams.e.discovery.prefix: type etcd needs a prefix",
+            "upstreams.e.discovery.username: set username and password_env together",
+            "upstreams.c.discovery.service: type consul needs a service name",
+            "upstreams.c.discovery.prefix: not a key of type consul",
+            "upstreams.c.discovery.token_env: environment variable GW_UNIT_NO_SUCH_VAR is not set",
+            "upstreams.c.discovery.wait_secs: between 1 and 600",
+            "upstreams.d.discovery.service: not a key of type srv",
+            "upstreams.d.discovery: type a and srv need dns",
+        ] {
+            assert!(
+                e.iter().any(|m| m.starts_with(want)),
+                "missing {want:?} in {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn tracing_faults_and_the_default_path() {
         let e = errors(&format!(
             "server:\n  tracing: {{ endpoint: \"udp://c:4317\", sample_ratio: 1.5, batch_spans: 0, flush_ms: 0, service_name: \"\", headers: {{ \"bad name\": x, ok: \"a\\nb\" }}, headers_env: {{ x-key: GW_UNIT_NO_SUCH_VAR }}, ca_file: /nonexistent }}\n{UP}"

@@ -790,7 +790,7 @@ impl EtcdServer {
     fn spawn(port: u16, peer_port: u16, dir: &Path) -> Child {
         let client = format!("http://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new("etcd")
+        let mut child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(dir.join("data"))
             .args([
@@ -811,20 +811,24 @@ impl EtcdServer {
             .spawn()
             .expect("etcd (make test installs etcd-server)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = TcpStream::connect(("127.0.0.1", port)).is_ok()
+        let ready = || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && raw(
                     port,
                     b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n",
                     Duration::from_millis(500),
                 )
-                .contains("\"health\":\"true\"");
-            if ready {
-                return child;
+                .contains("\"health\":\"true\"")
+        };
+        while !ready() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("etcd did not become ready");
             }
-            assert!(Instant::now() < deadline, "etcd did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
+        child
     }
 
     pub fn url(&self) -> String {
