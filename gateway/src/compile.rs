@@ -842,11 +842,13 @@ fn check_discovery(
             }
             if errs.len() == before {
                 parts.registry = Some(Registry::Etcd(Etcd {
-                    endpoints,
+                    etcd: crate::etcd::Etcd {
+                        endpoints,
+                        auth: d.username.clone().zip(password),
+                        ca,
+                        timeout,
+                    },
                     prefix,
-                    auth: d.username.clone().zip(password),
-                    ca,
-                    timeout,
                 }));
             }
         }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod clock;
 pub mod compile;
 pub mod config;
+pub mod etcd;
 pub mod fanout;
 pub mod guard;
 pub mod jwks;

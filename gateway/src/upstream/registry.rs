@@ -8,14 +8,12 @@
 
 use super::{backend, Upstream};
 use crate::client::{Client, Url};
+use crate::etcd::{prefix_end, Event, Kv};
 use crate::metrics::METRICS;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::lb::Backend;
 use pingora::protocols::tls::CaType;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -32,12 +30,8 @@ pub enum Registry {
 }
 
 pub struct Etcd {
-    pub endpoints: Vec<Url>,
+    pub etcd: crate::etcd::Etcd,
     pub prefix: String,
-    /// User and password for etcd's authentication.
-    pub auth: Option<(String, String)>,
-    pub ca: Option<Arc<CaType>>,
-    pub timeout: Duration,
 }
 
 pub struct Consul {
@@ -86,8 +80,7 @@ pub async fn watch(up: Weak<Upstream>, registry: Arc<Registry>) {
         let result = match &*registry {
             Registry::Consul(c) => c.query(&client, &up, &mut consul_index).await,
             Registry::Etcd(e) => {
-                let url = &e.endpoints[endpoint % e.endpoints.len()];
-                let r = e.sync(&client, url, &up).await;
+                let r = e.sync(&client, endpoint, &up).await;
                 if r.is_err() {
                     endpoint += 1;
                 }
@@ -206,67 +199,29 @@ impl Consul {
 impl Etcd {
     /// Read every key under the prefix, then follow the changes from that revision until
     /// the watch breaks (an error) or the upstream is gone (`Ok`).
-    async fn sync(&self, client: &Client, url: &Url, up: &Weak<Upstream>) -> Result<(), String> {
-        let token = match &self.auth {
-            Some((user, password)) => {
-                let v = self
-                    .post(
-                        client,
-                        url,
-                        "/v3/auth/authenticate",
-                        None,
-                        json!({"name": user, "password": password}),
-                    )
-                    .await?;
-                Some(v["token"].as_str().ok_or("etcd gave no token")?.to_string())
-            }
-            None => None,
-        };
-        let (key, range_end) = (
-            B64.encode(&self.prefix),
-            B64.encode(prefix_end(&self.prefix)),
-        );
-        let v = self
-            .post(
-                client,
-                url,
-                "/v3/kv/range",
-                token.as_deref(),
-                json!({"key": key, "range_end": range_end}),
-            )
-            .await?;
-        let mut revision = revision_of(&v)?;
-        let mut targets: BTreeMap<String, (SocketAddr, usize)> = BTreeMap::new();
-        for kv in v["kvs"].as_array().into_iter().flatten() {
-            if let Some((k, t)) = self.target(kv) {
-                targets.insert(k, t);
+    async fn sync(
+        &self,
+        client: &Client,
+        endpoint: usize,
+        up: &Weak<Upstream>,
+    ) -> Result<(), String> {
+        let session = self.etcd.session(client, endpoint).await?;
+        let (prefix, end) = (self.prefix.as_bytes(), prefix_end(self.prefix.as_bytes()));
+        let (kvs, mut revision) = session.range(prefix, Some(&end)).await?;
+        let mut targets: BTreeMap<Vec<u8>, (SocketAddr, usize)> = BTreeMap::new();
+        for kv in &kvs {
+            if let Some(t) = self.target(kv) {
+                targets.insert(kv.key.clone(), t);
             }
         }
         match up.upgrade() {
             Some(u) => u.discovered(to_set(&targets), revision).await,
             None => return Ok(()),
         }
-
-        // The watch, from the revision after the one read.
-        let body = json!({"create_request": {"key": key, "range_end": range_end, "start_revision": revision + 1}});
-        let mut peer = url.peer(self.timeout, self.ca.clone()).await?;
-        // A watch is quiet while nothing changes: no read timeout; liveness below.
-        peer.options.read_timeout = None;
-        let mut req = post_header(url, "/v3/watch", token.as_deref())?;
-        let body = Bytes::from(body.to_string());
-        req.insert_header(http::header::CONTENT_LENGTH, body.len())
-            .map_err(|e| e.to_string())?;
-        let mut stream = client
-            .open(&peer, req, Some(body))
-            .await
-            .map_err(|e| e.to_string())?;
-        if stream.status != 200 {
-            return Err(format!("watch: status {}", stream.status));
-        }
-        let mut buf: Vec<u8> = Vec::new();
+        let mut watch = session.watch(prefix, Some(&end), revision + 1).await?;
         loop {
-            let chunk = tokio::select! {
-                c = stream.chunk() => c.map_err(|e| e.to_string())?,
+            let (events, at) = tokio::select! {
+                next = watch.next() => next?,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if up.strong_count() == 0 {
                         return Ok(());
@@ -274,140 +229,53 @@ impl Etcd {
                     continue;
                 }
             };
-            let Some(chunk) = chunk else {
-                return Err("the watch ended".into());
-            };
-            buf.extend_from_slice(&chunk);
-            if buf.len() > MAX_ANSWER {
-                return Err("watch message too large".into());
+            if events.is_empty() {
+                continue;
             }
-            // One JSON object a line.
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let msg: Value = serde_json::from_slice(&line)
-                    .map_err(|e| format!("watch message is not JSON: {e}"))?;
-                if let Some(err) = msg.get("error") {
-                    return Err(format!("watch: {err}"));
-                }
-                let result = &msg["result"];
-                if result["canceled"].as_bool() == Some(true)
-                    || result.get("compact_revision").is_some()
-                {
-                    return Err(format!(
-                        "watch canceled: {}",
-                        result["cancel_reason"].as_str().unwrap_or("compacted")
-                    ));
-                }
-                let Some(events) = result["events"].as_array() else {
-                    continue;
-                };
-                for ev in events {
-                    let kv = &ev["kv"];
-                    let key = kv["key"].as_str().unwrap_or_default().to_string();
-                    if ev["type"].as_str() == Some("DELETE") {
-                        targets.remove(&key);
-                    } else if let Some((k, t)) = self.target(kv) {
-                        targets.insert(k, t);
-                    } else {
+            for ev in events {
+                match ev {
+                    Event::Delete(key) => {
                         targets.remove(&key);
                     }
+                    Event::Put(kv) => match self.target(&kv) {
+                        Some(t) => {
+                            targets.insert(kv.key, t);
+                        }
+                        None => {
+                            targets.remove(&kv.key);
+                        }
+                    },
                 }
-                revision = revision_of(result).unwrap_or(revision);
-                match up.upgrade() {
-                    Some(u) => u.discovered(to_set(&targets), revision).await,
-                    None => return Ok(()),
-                }
+            }
+            revision = at.unwrap_or(revision);
+            match up.upgrade() {
+                Some(u) => u.discovered(to_set(&targets), revision).await,
+                None => return Ok(()),
             }
         }
     }
 
     /// A key's target: its value `{"addr": "IP:PORT", "weight": N}`; a bad one is skipped.
-    fn target(&self, kv: &Value) -> Option<(String, (SocketAddr, usize))> {
-        let key = kv["key"].as_str()?.to_string();
-        let value = B64.decode(kv["value"].as_str().unwrap_or_default()).ok()?;
-        let parsed: Option<(SocketAddr, usize)> =
-            serde_json::from_slice::<Value>(&value).ok().and_then(|v| {
+    fn target(&self, kv: &Kv) -> Option<(SocketAddr, usize)> {
+        let parsed = serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .and_then(|v| {
                 let addr = v["addr"].as_str()?.parse().ok()?;
                 let weight = v["weight"].as_u64().unwrap_or(1).max(1) as usize;
                 Some((addr, weight))
             });
         if parsed.is_none() {
-            let shown = B64
-                .decode(&key)
-                .map(|k| String::from_utf8_lossy(&k).into_owned())
-                .unwrap_or_default();
             log::warn!(
-                "etcd key {shown:?} under {:?} is not {{\"addr\": \"IP:PORT\", \"weight\": N}}: skipped",
+                "etcd key {:?} under {:?} is not {{\"addr\": \"IP:PORT\", \"weight\": N}}: skipped",
+                String::from_utf8_lossy(&kv.key),
                 self.prefix
             );
         }
-        Some((key, parsed?))
-    }
-
-    async fn post(
-        &self,
-        client: &Client,
-        url: &Url,
-        path: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> Result<Value, String> {
-        let peer = url.peer(self.timeout, self.ca.clone()).await?;
-        let body = Bytes::from(body.to_string());
-        let mut req = post_header(url, path, token)?;
-        req.insert_header(http::header::CONTENT_LENGTH, body.len())
-            .map_err(|e| e.to_string())?;
-        let answer = tokio::time::timeout(
-            self.timeout,
-            client.call(
-                &peer,
-                req,
-                Some(body),
-                crate::client::Body::Keep(MAX_ANSWER),
-            ),
-        )
-        .await
-        .map_err(|_| format!("{path}: no answer within {:?}", self.timeout))?
-        .map_err(|e| format!("{path}: {e}"))?;
-        let v: Value = serde_json::from_slice(&answer.body)
-            .map_err(|e| format!("{path}: answer is not JSON: {e}"))?;
-        if answer.status != 200 {
-            return Err(format!(
-                "{path}: status {}: {}",
-                answer.status,
-                v["message"].as_str().or(v["error"].as_str()).unwrap_or("")
-            ));
-        }
-        Ok(v)
+        parsed
     }
 }
 
-fn revision_of(v: &Value) -> Result<u64, String> {
-    // The gateway writes 64-bit numbers as strings.
-    let r = &v["header"]["revision"];
-    r.as_str()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| r.as_u64())
-        .ok_or_else(|| "answer without a revision".to_string())
-}
-
-/// The end of the range of keys starting with `prefix` (etcd's "prefix + 1").
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte 0xff (or empty): to the end of the keyspace.
-    vec![0]
-}
-
-fn to_set(targets: &BTreeMap<String, (SocketAddr, usize)>) -> BTreeSet<Backend> {
+fn to_set(targets: &BTreeMap<Vec<u8>, (SocketAddr, usize)>) -> BTreeSet<Backend> {
     targets.values().map(|(a, w)| backend(*a, *w)).collect()
 }
 
@@ -418,21 +286,6 @@ fn get(target: &str, url: &Url) -> Result<RequestHeader, String> {
         .map_err(|e| e.to_string())?;
     req.insert_header(http::header::ACCEPT, "application/json")
         .map_err(|e| e.to_string())?;
-    Ok(req)
-}
-
-fn post_header(url: &Url, path: &str, token: Option<&str>) -> Result<RequestHeader, String> {
-    let target = format!("{}{path}", url.target.trim_end_matches('/'));
-    let mut req =
-        RequestHeader::build("POST", target.as_bytes(), Some(4)).map_err(|e| e.to_string())?;
-    req.insert_header(http::header::HOST, url.host_header())
-        .map_err(|e| e.to_string())?;
-    req.insert_header(http::header::CONTENT_TYPE, "application/json")
-        .map_err(|e| e.to_string())?;
-    if let Some(t) = token {
-        req.insert_header(http::header::AUTHORIZATION, t)
-            .map_err(|e| e.to_string())?;
-    }
     Ok(req)
 }
 
@@ -464,16 +317,4 @@ pub fn count(upstream: &str, result: &str) {
         .discovery_refreshes
         .with_label_values(&[upstream, result])
         .inc();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_range_of_a_prefix_ends_past_its_last_key() {
-        assert_eq!(prefix_end("/services/users/"), b"/services/users0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
-        assert_eq!(prefix_end(""), vec![0]);
-    }
 }
