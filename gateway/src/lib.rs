@@ -32,6 +32,7 @@ pub mod refresh;
 pub mod reload;
 pub mod router;
 pub mod runtime;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -1,6 +1,6 @@
 //! The `gateway` binary: parse the flags, load the config, start the Pingora server.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
 use gateway::fanout::FanoutApp;
@@ -8,6 +8,7 @@ use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::refresh::RefreshService;
 use gateway::reload::{ReloadService, Reloader};
+use gateway::source::{EtcdSource, EtcdWatch};
 use gateway::telemetry::Exporter;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -28,9 +29,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "Edge proxy and API gateway")]
 struct Cli {
-    /// The config file.
+    /// The config file, or the etcd key that holds it: etcd://HOST:PORT[,HOST:PORT]/KEY
+    /// (etcds:// for https; etcd://USER@... with GATEWAY_ETCD_PASSWORD).
     #[arg(short = 'c', long = "conf", default_value = "conf/gateway.yaml")]
     conf: PathBuf,
+    /// With the config in etcd: write every config applied to this file, and start from it
+    /// when etcd cannot be reached.
+    #[arg(long = "config-cache")]
+    config_cache: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Check the config file, print every fault with its YAML path, and exit.
     #[arg(short = 't', long = "test")]
     test: bool,
@@ -46,6 +54,88 @@ struct Cli {
     /// Print the config's pid_file and upgrade_sock as shell assignments, and exit.
     #[arg(long = "print-paths")]
     print_paths: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Work with a config kept in etcd.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Check FILE as `-t` does and, only if it passes, write it to the etcd key.
+    Push {
+        file: PathBuf,
+        /// etcd://HOST:PORT[,HOST:PORT]/KEY
+        target: String,
+    },
+}
+
+/// A small runtime for the calls made before the server starts (etcd).
+fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+/// `gateway config push FILE etcd://...`.
+fn push(file: &std::path::Path, target: &str) -> ExitCode {
+    let source = match EtcdSource::parse(target) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("{target}: not an etcd:// URL");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let checked =
+        gateway::config::parse(&text).and_then(|c| gateway::compile::check(&c).map(|_| c));
+    if let Err(errs) = checked {
+        for e in &errs.0 {
+            eprintln!("{}: {e}", file.display());
+        }
+        eprintln!(
+            "{}: not pushed ({} error{})",
+            file.display(),
+            errs.0.len(),
+            if errs.0.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::from(1);
+    }
+    let client = gateway::client::Client::default();
+    match block_on(source.write(&client, &text)) {
+        Ok(Ok(rev)) => {
+            println!(
+                "{}: pushed to {} at revision {rev}",
+                file.display(),
+                source.shown()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("{}: cannot write: {e}", source.shown());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Starts draining as soon as Pingora begins a graceful upgrade or shutdown. A background
@@ -91,11 +181,27 @@ fn main() -> ExitCode {
     gateway::clock::uptime();
     gateway::logging::init();
     let mut cli = Cli::parse();
+    if let Some(Command::Config {
+        action: ConfigAction::Push { file, target },
+    }) = &cli.command
+    {
+        return push(file, target);
+    }
+    let etcd = match EtcdSource::parse(&cli.conf.to_string_lossy()) {
+        Some(Ok(s)) => Some(Arc::new(s)),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
     // A daemon runs from /, and a reload reads the file again later: hold on to the full
     // path, without resolving symlinks, so a swapped link (as Kubernetes mounts a
     // ConfigMap) is followed to its new target.
-    if let Ok(full) = std::path::absolute(&cli.conf) {
-        cli.conf = full;
+    if etcd.is_none() {
+        if let Ok(full) = std::path::absolute(&cli.conf) {
+            cli.conf = full;
+        }
     }
 
     let refuse = |errs: gateway::config::ConfigErrors| {
@@ -110,9 +216,46 @@ fn main() -> ExitCode {
         );
         ExitCode::from(1)
     };
-    let cfg = match gateway::compile::read(&cli.conf) {
-        Ok(c) => c,
-        Err(errs) => return refuse(errs),
+    // From etcd: the key's text and revision (or the cached config when etcd is down).
+    let mut from_etcd: Option<(String, u64)> = None;
+    let cfg = match &etcd {
+        None => match gateway::compile::read(&cli.conf) {
+            Ok(c) => c,
+            Err(errs) => return refuse(errs),
+        },
+        Some(source) => {
+            let client = gateway::client::Client::default();
+            let read = block_on(source.read(&client))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            let (text, revision) = match (read, &cli.config_cache) {
+                (Ok(r), _) => r,
+                (Err(e), Some(cache)) if cache.exists() => {
+                    eprintln!(
+                        "{}: {e}; serving the cached config {} until it answers",
+                        source.shown(),
+                        cache.display()
+                    );
+                    match std::fs::read_to_string(cache) {
+                        Ok(t) => (t, 0),
+                        Err(e) => {
+                            eprintln!("{}: {e}", cache.display());
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                (Err(e), _) => {
+                    eprintln!("{}: {e}", source.shown());
+                    return ExitCode::from(1);
+                }
+            };
+            let parsed = gateway::config::parse(&text);
+            from_etcd = Some((text, revision));
+            match parsed {
+                Ok(c) => c,
+                Err(errs) => return refuse(errs),
+            }
+        }
     };
     // Without an address in server.fanout, aggregates go to a fan-out service of this process
     // on a loopback port the OS chooses (checking a config binds nothing).
@@ -210,7 +353,42 @@ fn main() -> ExitCode {
         "access log".into(),
         Arc::new(AccessLogWriter(access_log.clone())),
     ));
-    let reloader = Arc::new(Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()));
+    let reloader = Arc::new(match (&etcd, &from_etcd) {
+        (Some(source), Some((text, _))) => {
+            // SIGHUP and POST /admin/reload read the key again.
+            let reading = source.clone();
+            let read: gateway::reload::Read = Box::new(move || {
+                let client = gateway::client::Client::default();
+                block_on(reading.read(&client))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(|(text, _)| text))
+            });
+            Reloader::with_reader(
+                source.shown().to_string(),
+                read,
+                handle.clone(),
+                cfg.clone(),
+                text,
+            )
+        }
+        _ => Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()),
+    });
+    if let (Some(source), Some((text, revision))) = (&etcd, &from_etcd) {
+        if let Some(cache) = &cli.config_cache {
+            if *revision > 0 {
+                gateway::source::write_cache(cache, text);
+            }
+        }
+        server.add_service(GenBackgroundService::new(
+            "config source".into(),
+            Arc::new(EtcdWatch {
+                source: source.clone(),
+                reloader: reloader.clone(),
+                revision: *revision,
+                cache: cli.config_cache.clone(),
+            }),
+        ));
+    }
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
     // HTTP/1 connections get their idle timeout and request cap per request (proxy/head.rs);

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub config_generation: IntGauge,
+    pub config_source_revision: IntGauge,
+    pub config_source_errors: IntCounter,
     pub access_log_dropped: IntGauge,
     pub mirror_requests: IntCounterVec,
     pub discovery_refreshes: IntCounterVec,
@@ -110,6 +112,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Generation of the config serving requests; 1 at start, +1 per applied reload"
     )
     .expect("register gateway_config_generation"),
+    config_source_revision: register_int_gauge!(
+        "gateway_config_source_revision",
+        "With the config in etcd: the revision of the config serving"
+    )
+    .expect("register gateway_config_source_revision"),
+    config_source_errors: register_int_counter!(
+        "gateway_config_source_errors_total",
+        "With the config in etcd: reads and watches of the key that failed (the running config stays)"
+    )
+    .expect("register gateway_config_source_errors_total"),
     mirror_requests: register_int_counter_vec!(
         "gateway_mirror_requests_total",
         "Copies sent to a route's shadow upstream, by result (ok, error, timeout, dropped, too_large)",

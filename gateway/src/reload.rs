@@ -1,8 +1,10 @@
 //! Reloading the config without a restart: SIGHUP, a change of the file (polled and
-//! debounced; an atomic rename or a symlink swap counts, since the path is read anew), or
-//! `POST /admin/reload`. The new file is parsed, validated and compiled first; a faulty one
-//! is refused with its YAML paths and the running config keeps serving. Upstreams whose
-//! definition did not change keep their pool, health state and breaker.
+//! debounced; an atomic rename or a symlink swap counts, since the path is read anew),
+//! `POST /admin/reload`, or a new value of the etcd key the config lives in
+//! ([`crate::source`], through [`Reloader::apply_text`]). The new text is parsed, validated
+//! and compiled first; a faulty one is refused with its YAML paths and the running config
+//! keeps serving. Upstreams whose definition did not change keep their pool, health state
+//! and breaker.
 
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::metrics::METRICS;
@@ -39,8 +41,15 @@ struct State {
     last_ok_unix: f64,
 }
 
+/// Reads the config's text anew (a file, or the etcd key).
+pub type Read = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 pub struct Reloader {
-    path: PathBuf,
+    /// Where the config comes from, as shown in logs and `/admin/config`.
+    shown: String,
+    read: Read,
+    /// A file to watch for changes.
+    path: Option<PathBuf>,
     handle: RuntimeHandle,
     state: Mutex<State>,
 }
@@ -63,13 +72,49 @@ fn read_hash(path: &PathBuf) -> Option<u64> {
 }
 
 impl Reloader {
-    /// `config` is what `handle` serves now (generation 1).
+    /// A config file; `config` is what `handle` serves now (generation 1).
     pub fn new(path: PathBuf, handle: RuntimeHandle, config: Config) -> Self {
+        let read_path = path.clone();
+        let read: Read = Box::new(move || {
+            std::fs::read_to_string(&read_path)
+                .map_err(|e| format!("cannot read {}: {e}", read_path.display()))
+        });
         let tried_hash = read_hash(&path).unwrap_or(0);
+        Self::build(
+            path.display().to_string(),
+            read,
+            Some(path),
+            handle,
+            config,
+            tried_hash,
+        )
+    }
+
+    /// A config read by `read` (the etcd key), shown as `shown`, whose text was `text`.
+    pub fn with_reader(
+        shown: String,
+        read: Read,
+        handle: RuntimeHandle,
+        config: Config,
+        text: &str,
+    ) -> Self {
+        Self::build(shown, read, None, handle, config, text_hash(text))
+    }
+
+    fn build(
+        shown: String,
+        read: Read,
+        path: Option<PathBuf>,
+        handle: RuntimeHandle,
+        config: Config,
+        tried_hash: u64,
+    ) -> Self {
         let now = unix_now();
         METRICS.last_reload_success.set(now);
         METRICS.config_generation.set(1);
         Reloader {
+            shown,
+            read,
             path,
             handle,
             state: Mutex::new(State {
@@ -86,12 +131,27 @@ impl Reloader {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Load the file and, if it is valid and different, serve it. Blocking (file and DNS).
+    /// Read the config anew and, if it is valid and different, serve it. Blocking (file,
+    /// etcd and DNS).
     pub fn reload(&self, trigger: &str) -> Result<Outcome, ConfigErrors> {
+        let text = (self.read)().map_err(|e| ConfigErrors(vec![ConfigError::new("", e)]));
+        self.finish(trigger, text)
+    }
+
+    /// Serve `text` if it is valid and different, as a reload does. Blocking.
+    pub fn apply_text(&self, text: &str, trigger: &str) -> Result<Outcome, ConfigErrors> {
+        self.finish(trigger, Ok(text.to_string()))
+    }
+
+    fn finish(
+        &self,
+        trigger: &str,
+        text: Result<String, ConfigErrors>,
+    ) -> Result<Outcome, ConfigErrors> {
         // Every reload also opens the log files again, as SIGUSR1 does (logrotate).
         crate::logging::request_reopen();
         let mut st = self.lock();
-        let result = self.try_reload(&mut st);
+        let result = text.and_then(|t| self.try_apply(&mut st, &t));
         match &result {
             Ok(Outcome::Applied {
                 generation,
@@ -102,7 +162,7 @@ impl Reloader {
                 METRICS.config_generation.set(*generation as i64);
                 log::info!(
                     "config reloaded ({trigger}): generation {generation} serves {}",
-                    self.path.display()
+                    self.shown
                 );
                 if !needs_upgrade.is_empty() {
                     log::warn!(
@@ -119,7 +179,7 @@ impl Reloader {
                 for e in &errs.0 {
                     log::error!(
                         "config reload ({trigger}) refused, the running config stays: {}: {e}",
-                        self.path.display()
+                        self.shown
                     );
                 }
             }
@@ -127,42 +187,9 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self, st: &mut State) -> Result<Outcome, ConfigErrors> {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new(
-                "",
-                format!("cannot read {}: {e}", self.path.display()),
-            )])
-        });
-        let outcome = text.and_then(|text| {
-            st.tried_hash = text_hash(&text);
-            let cfg = config::parse(&text)?;
-            // Checked before anything else: a file the config names may have gone.
-            let parts = crate::compile::check(&cfg)?;
-            // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
-            let reads_files = cfg
-                .server
-                .ip_filter
-                .as_ref()
-                .is_some_and(|f| f.deny_file.is_some())
-                || cfg.routes.iter().any(|r| {
-                    r.plugins
-                        .ip_filter
-                        .as_ref()
-                        .is_some_and(|f| f.deny_file.is_some())
-                        || r.plugins
-                            .jwt
-                            .as_ref()
-                            .is_some_and(|j| j.keys.jwks_file.is_some())
-                });
-            if cfg == st.config && !reads_files {
-                return Ok((None, Vec::new()));
-            }
-            let prev = self.handle.load_full();
-            let rt = crate::compile::build(&cfg, st.generation + 1, Some(&prev), parts)?;
-            let needs_upgrade = needs_upgrade(&st.config, &cfg);
-            Ok((Some((cfg, rt)), needs_upgrade))
-        });
+    fn try_apply(&self, st: &mut State, text: &str) -> Result<Outcome, ConfigErrors> {
+        st.tried_hash = text_hash(text);
+        let outcome = self.prepare(st, text);
         match outcome {
             Ok((None, _)) => {
                 st.last_error = None;
@@ -188,6 +215,42 @@ impl Reloader {
         }
     }
 
+    /// The new config and its runtime (`None` when it is the one serving), and the
+    /// settings that need a graceful upgrade.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        st: &State,
+        text: &str,
+    ) -> Result<(Option<(Config, crate::runtime::Runtime)>, Vec<&'static str>), ConfigErrors> {
+        let cfg = config::parse(text)?;
+        // Checked before anything else: a file the config names may have gone.
+        let parts = crate::compile::check(&cfg)?;
+        // Deny files and JWKS files live outside the YAML: with one, a reload always rebuilds.
+        let reads_files = cfg
+            .server
+            .ip_filter
+            .as_ref()
+            .is_some_and(|f| f.deny_file.is_some())
+            || cfg.routes.iter().any(|r| {
+                r.plugins
+                    .ip_filter
+                    .as_ref()
+                    .is_some_and(|f| f.deny_file.is_some())
+                    || r.plugins
+                        .jwt
+                        .as_ref()
+                        .is_some_and(|j| j.keys.jwks_file.is_some())
+            });
+        if cfg == st.config && !reads_files {
+            return Ok((None, Vec::new()));
+        }
+        let prev = self.handle.load_full();
+        let rt = crate::compile::build(&cfg, st.generation + 1, Some(&prev), parts)?;
+        let needs_upgrade = needs_upgrade(&st.config, &cfg);
+        Ok((Some((cfg, rt)), needs_upgrade))
+    }
+
     /// The running config, for `/admin/config`.
     pub fn config(&self) -> Config {
         self.lock().config.clone()
@@ -198,7 +261,7 @@ impl Reloader {
     pub fn status(&self) -> serde_json::Value {
         let st = self.lock();
         json!({
-            "file": self.path.display().to_string(),
+            "file": self.shown,
             "generation": st.generation,
             "last_success_unix": st.last_ok_unix,
             "last_error": st.last_error.as_ref().map(|errs| errs
@@ -323,8 +386,8 @@ impl BackgroundService for ReloadService {
                     crate::logging::request_reopen();
                     log::info!("SIGUSR1: log files opened again");
                 }
-                _ = tick.tick(), if self.watch_file => {
-                    let path = self.reloader.path.clone();
+                _ = tick.tick(), if self.watch_file && self.reloader.path.is_some() => {
+                    let Some(path) = self.reloader.path.clone() else { continue };
                     let Ok(Some(hash)) = tokio::task::spawn_blocking(move || read_hash(&path)).await else {
                         continue;
                     };

@@ -1,0 +1,280 @@
+//! Where the config comes from: a file, or one key of etcd that every node of a fleet
+//! reads and watches.
+//!
+//! `gateway -c etcd://HOST:PORT[,HOST:PORT...]/KEY` reads the YAML stored at `KEY` (the
+//! whole config under one key, so a change is applied whole or not at all, on every node)
+//! and checks it exactly as a file is checked. A background service then watches the key:
+//! each new value goes through the same compile-and-swap as a file reload; a value that
+//! fails the checks is refused with its YAML paths and the node keeps serving what it had.
+//! When etcd is unreachable the node keeps its config and tries again with a growing pause,
+//! reading the key afresh before it watches again, so no change is missed. With
+//! `--config-cache FILE`, every config applied is also written there, and a node that
+//! starts while etcd is down serves the cached one.
+//!
+//! `etcds://` speaks https (`GATEWAY_ETCD_CA` names a CA bundle); `etcd://USER@...` signs
+//! in with the password in `GATEWAY_ETCD_PASSWORD`. `gateway config push FILE etcd://...`
+//! checks a file as `-t` does and only then writes it.
+
+use crate::client::{Client, Url};
+use crate::etcd::{Etcd, Event};
+use crate::metrics::METRICS;
+use crate::reload::Reloader;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIN_PAUSE: Duration = Duration::from_millis(200);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// One call to etcd (reads and writes; the watch itself has no bound).
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A config kept in etcd.
+pub struct EtcdSource {
+    pub etcd: Etcd,
+    pub key: String,
+    /// The source as given, with any password left out.
+    shown: String,
+}
+
+impl EtcdSource {
+    /// `etcd://[USER@]HOST:PORT[,HOST:PORT...]/KEY` (or `etcds://`), `None` for anything
+    /// that is not such a URL (a file path).
+    pub fn parse(arg: &str) -> Option<Result<EtcdSource, String>> {
+        let (tls, rest) = if let Some(r) = arg.strip_prefix("etcd://") {
+            (false, r)
+        } else {
+            (true, arg.strip_prefix("etcds://")?)
+        };
+        Some(Self::parse_parts(tls, rest, arg))
+    }
+
+    fn parse_parts(tls: bool, rest: &str, arg: &str) -> Result<EtcdSource, String> {
+        let (hosts, key) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{arg}: no key (etcd://HOST:PORT/KEY)"))?;
+        if key.is_empty() {
+            return Err(format!("{arg}: no key (etcd://HOST:PORT/KEY)"));
+        }
+        let (user, hosts) = match hosts.split_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, hosts),
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let endpoints = hosts
+            .split(',')
+            .map(|h| Url::parse(&format!("{scheme}://{h}"), h))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(format!("{arg}: no etcd endpoint"));
+        }
+        let auth = match user {
+            Some(u) => Some((
+                u,
+                std::env::var("GATEWAY_ETCD_PASSWORD")
+                    .map_err(|_| format!("{arg}: a user needs GATEWAY_ETCD_PASSWORD"))?,
+            )),
+            None => None,
+        };
+        let ca = match std::env::var("GATEWAY_ETCD_CA") {
+            Ok(f) => {
+                Some(crate::upstream::load_ca(&f).map_err(|e| format!("GATEWAY_ETCD_CA: {e}"))?)
+            }
+            Err(_) => None,
+        };
+        Ok(EtcdSource {
+            etcd: Etcd {
+                endpoints,
+                auth,
+                ca,
+                timeout: TIMEOUT,
+            },
+            key: format!("/{key}"),
+            shown: arg.to_string(),
+        })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The config text and the revision it was written at, from the first endpoint that
+    /// answers.
+    pub async fn read(&self, client: &Client) -> Result<(String, u64), String> {
+        let mut last = String::new();
+        for n in 0..self.etcd.endpoints.len() {
+            match self.read_at(client, n).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn read_at(&self, client: &Client, n: usize) -> Result<(String, u64), String> {
+        let session = self.etcd.session(client, n).await?;
+        let (kvs, _) = session.range(self.key.as_bytes(), None).await?;
+        let kv = kvs
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no config at key {}", session.endpoint(), self.key))?;
+        let text = String::from_utf8(kv.value)
+            .map_err(|_| format!("the config at {} is not UTF-8", self.key))?;
+        Ok((text, kv.mod_revision))
+    }
+
+    /// Write a config text; the revision of the write.
+    pub async fn write(&self, client: &Client, text: &str) -> Result<u64, String> {
+        let mut last = String::new();
+        for n in 0..self.etcd.endpoints.len() {
+            let session = match self.etcd.session(client, n).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match session.put(self.key.as_bytes(), text.as_bytes()).await {
+                Ok(rev) => return Ok(rev),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Read the key, then follow its changes until the watch breaks; each new text goes to
+    /// `apply`. Returns only on an error.
+    async fn follow(
+        &self,
+        client: &Client,
+        endpoint: usize,
+        applied: &mut u64,
+        apply: &impl Fn(String, u64) -> tokio::task::JoinHandle<()>,
+    ) -> Result<(), String> {
+        let session = self.etcd.session(client, endpoint).await?;
+        let (kvs, revision) = session.range(self.key.as_bytes(), None).await?;
+        match kvs.into_iter().next() {
+            Some(kv) if kv.mod_revision != *applied => {
+                *applied = kv.mod_revision;
+                let text = String::from_utf8_lossy(&kv.value).into_owned();
+                let _ = apply(text, kv.mod_revision).await;
+            }
+            Some(_) => {}
+            None => log::warn!(
+                "config source {}: key {} is empty; the running config stays",
+                self.shown,
+                self.key
+            ),
+        }
+        let mut watch = session
+            .watch(self.key.as_bytes(), None, revision + 1)
+            .await?;
+        loop {
+            let (events, _) = watch.next().await?;
+            for ev in events {
+                match ev {
+                    Event::Put(kv) if kv.mod_revision != *applied => {
+                        *applied = kv.mod_revision;
+                        let text = String::from_utf8_lossy(&kv.value).into_owned();
+                        let _ = apply(text, kv.mod_revision).await;
+                    }
+                    Event::Put(_) => {}
+                    Event::Delete(_) => log::warn!(
+                        "config source {}: key {} was deleted; the running config stays",
+                        self.shown,
+                        self.key
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Write `text` to `path` whole (aside, then renamed over it).
+pub fn write_cache(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        log::warn!("config cache {}: cannot write: {e}", path.display());
+    }
+}
+
+/// The background service that follows the key and hands every new value to the reload.
+pub struct EtcdWatch {
+    pub source: Arc<EtcdSource>,
+    pub reloader: Arc<Reloader>,
+    /// The revision of the config serving at start.
+    pub revision: u64,
+    pub cache: Option<PathBuf>,
+}
+
+#[async_trait]
+impl BackgroundService for EtcdWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = Client::default();
+        let mut applied = self.revision;
+        let mut pause = MIN_PAUSE;
+        let mut endpoint = 0usize;
+        METRICS.config_source_revision.set(applied as i64);
+        let apply = |text: String, revision: u64| {
+            let (reloader, cache) = (self.reloader.clone(), self.cache.clone());
+            tokio::task::spawn_blocking(move || {
+                let trigger = format!("etcd revision {revision}");
+                if reloader.apply_text(&text, &trigger).is_ok() {
+                    METRICS.config_source_revision.set(revision as i64);
+                    if let Some(path) = &cache {
+                        write_cache(path, &text);
+                    }
+                }
+            })
+        };
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.source.follow(&client, endpoint, &mut applied, &apply) => r,
+            };
+            if let Err(e) = result {
+                METRICS.config_source_errors.inc();
+                log::warn!(
+                    "config source {}: {e}; the running config stays, trying again in {pause:?}",
+                    self.source.shown
+                );
+                endpoint += 1;
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
+            } else {
+                pause = MIN_PAUSE;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_sources_parse_and_files_are_not_sources() {
+        assert!(EtcdSource::parse("conf/gateway.yaml").is_none());
+        let s = EtcdSource::parse("etcd://127.0.0.1:2379,10.0.0.2:2379/gateway/config")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.key, "/gateway/config");
+        assert_eq!(s.etcd.endpoints.len(), 2);
+        assert!(!s.etcd.endpoints[0].tls);
+        assert_eq!(s.etcd.endpoints[1].port, 2379);
+        let s = EtcdSource::parse("etcds://etcd.internal:2379/c")
+            .unwrap()
+            .unwrap();
+        assert!(s.etcd.endpoints[0].tls);
+        assert!(EtcdSource::parse("etcd://127.0.0.1:2379").unwrap().is_err());
+        assert!(EtcdSource::parse("etcd://127.0.0.1:2379/")
+            .unwrap()
+            .is_err());
+    }
+}
