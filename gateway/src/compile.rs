@@ -198,6 +198,16 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
     if let Some(t) = &s.tracing {
         parts.tracer = check_tracing(&mut errs, "server.tracing", t);
     }
+    if let Some(cs) = &s.config_source {
+        match crate::source::EtcdSource::parse(&cs.etcd) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => errs.push(ConfigError::new("server.config_source.etcd", e)),
+            None => errs.push(ConfigError::new(
+                "server.config_source.etcd",
+                "not an etcd:// or etcds:// URL",
+            )),
+        }
+    }
     if s.threads == 0 {
         errs.push(ConfigError::new("server.threads", AT_LEAST_ONE));
     }

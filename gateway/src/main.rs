@@ -3,12 +3,13 @@
 use clap::{Parser, Subcommand};
 use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
+use gateway::config::{ConfigError, ConfigErrors};
 use gateway::fanout::FanoutApp;
 use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::refresh::RefreshService;
-use gateway::reload::{ReloadService, Reloader};
-use gateway::source::{EtcdSource, EtcdWatch};
+use gateway::reload::{EtcdWatch, ReloadService, Reloader, Slot};
+use gateway::source::EtcdSource;
 use gateway::telemetry::Exporter;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -204,7 +205,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let refuse = |errs: gateway::config::ConfigErrors| {
+    let refuse = |errs: ConfigErrors| {
         for e in &errs.0 {
             eprintln!("{}: {e}", cli.conf.display());
         }
@@ -216,46 +217,92 @@ fn main() -> ExitCode {
         );
         ExitCode::from(1)
     };
-    // From etcd: the key's text and revision (or the cached config when etcd is down).
-    let mut from_etcd: Option<(String, u64)> = None;
-    let cfg = match &etcd {
-        None => match gateway::compile::read(&cli.conf) {
-            Ok(c) => c,
-            Err(errs) => return refuse(errs),
+    // The node's own file (absent with -c etcd://); with etcd, the shared text and its
+    // revision (0 when it came from the cache).
+    let node_text = match &etcd {
+        Some(_) => None,
+        None => match std::fs::read_to_string(&cli.conf) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return refuse(ConfigErrors(vec![ConfigError::new(
+                    "",
+                    format!("cannot read {}: {e}", cli.conf.display()),
+                )]))
+            }
         },
-        Some(source) => {
-            let client = gateway::client::Client::default();
-            let read = block_on(source.read(&client))
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-            let (text, revision) = match (read, &cli.config_cache) {
-                (Ok(r), _) => r,
-                (Err(e), Some(cache)) if cache.exists() => {
-                    eprintln!(
-                        "{}: {e}; serving the cached config {} until it answers",
-                        source.shown(),
-                        cache.display()
-                    );
-                    match std::fs::read_to_string(cache) {
-                        Ok(t) => (t, 0),
-                        Err(e) => {
-                            eprintln!("{}: {e}", cache.display());
-                            return ExitCode::from(1);
-                        }
+    };
+    let mut cfg = match node_text.as_deref().map(gateway::config::parse) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(errs)) => return refuse(errs),
+        None => None,
+    };
+    let source_key = cfg.as_ref().and_then(|c| c.server.config_source.clone());
+    let (etcd, cache) = match (etcd, source_key) {
+        (Some(e), _) => (Some(e), cli.config_cache.clone()),
+        (None, Some(cs)) => match EtcdSource::parse(&cs.etcd) {
+            Some(Ok(s)) => (Some(Arc::new(s)), cs.cache_file.map(PathBuf::from)),
+            Some(Err(e)) => {
+                return refuse(ConfigErrors(vec![ConfigError::new(
+                    "server.config_source.etcd",
+                    e,
+                )]))
+            }
+            None => {
+                return refuse(ConfigErrors(vec![ConfigError::new(
+                    "server.config_source.etcd",
+                    "not an etcd:// or etcds:// URL",
+                )]))
+            }
+        },
+        (None, None) => (None, None),
+    };
+    let mut from_etcd: Option<(Slot, u64)> = None;
+    if let Some(source) = &etcd {
+        let client = gateway::client::Client::default();
+        let read = block_on(source.read(&client))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let (shared, revision) = match (read, &cache) {
+            (Ok(r), _) => r,
+            (Err(e), Some(cache)) if cache.exists() => {
+                eprintln!(
+                    "{}: {e}; serving the cached config {} until it answers",
+                    source.shown(),
+                    cache.display()
+                );
+                match std::fs::read_to_string(cache) {
+                    Ok(t) => (t, 0),
+                    Err(e) => {
+                        eprintln!("{}: {e}", cache.display());
+                        return ExitCode::from(1);
                     }
                 }
-                (Err(e), _) => {
-                    eprintln!("{}: {e}", source.shown());
-                    return ExitCode::from(1);
-                }
-            };
-            let parsed = gateway::config::parse(&text);
-            from_etcd = Some((text, revision));
-            match parsed {
-                Ok(c) => c,
+            }
+            (Err(e), _) => {
+                eprintln!("{}: {e}", source.shown());
+                return ExitCode::from(1);
+            }
+        };
+        let text = match &node_text {
+            Some(node) => match gateway::source::merge(node, &shared) {
+                Ok(t) => t,
                 Err(errs) => return refuse(errs),
+            },
+            None => shared.clone(),
+        };
+        cfg = match gateway::config::parse(&text) {
+            Ok(c) => Some(c),
+            Err(errs) => return refuse(errs),
+        };
+        if revision > 0 {
+            if let Some(path) = &cache {
+                gateway::source::write_cache(path, &shared);
             }
         }
+        from_etcd = Some((Arc::new(std::sync::Mutex::new(shared)), revision));
+    }
+    let Some(cfg) = cfg else {
+        return ExitCode::from(1);
     };
     // Without an address in server.fanout, aggregates go to a fan-out service of this process
     // on a loopback port the OS chooses (checking a config binds nothing).
@@ -354,38 +401,39 @@ fn main() -> ExitCode {
         Arc::new(AccessLogWriter(access_log.clone())),
     ));
     let reloader = Arc::new(match (&etcd, &from_etcd) {
-        (Some(source), Some((text, _))) => {
-            // SIGHUP and POST /admin/reload read the key again.
-            let reading = source.clone();
+        (Some(source), Some((slot, _))) => {
+            // The shared text is kept current by the watch; a node file is read anew.
+            let node_file = node_text.as_ref().map(|_| cli.conf.clone());
+            let (slot2, node) = (slot.clone(), node_file.clone());
             let read: gateway::reload::Read = Box::new(move || {
-                let client = gateway::client::Client::default();
-                block_on(reading.read(&client))
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map(|(text, _)| text))
+                let shared = slot2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match &node {
+                    None => Ok(shared),
+                    Some(path) => {
+                        let node = std::fs::read_to_string(path)
+                            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                        gateway::source::merge(&node, &shared).map_err(|e| e.to_string())
+                    }
+                }
             });
-            Reloader::with_reader(
-                source.shown().to_string(),
-                read,
-                handle.clone(),
-                cfg.clone(),
-                text,
-            )
+            let shown = match &node_text {
+                Some(_) => format!("{} and {}", cli.conf.display(), source.shown()),
+                None => source.shown().to_string(),
+            };
+            let first = read().unwrap_or_default();
+            Reloader::with_reader(shown, read, node_file, handle.clone(), cfg.clone(), &first)
         }
         _ => Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()),
     });
-    if let (Some(source), Some((text, revision))) = (&etcd, &from_etcd) {
-        if let Some(cache) = &cli.config_cache {
-            if *revision > 0 {
-                gateway::source::write_cache(cache, text);
-            }
-        }
+    if let (Some(source), Some((slot, revision))) = (&etcd, &from_etcd) {
         server.add_service(GenBackgroundService::new(
             "config source".into(),
             Arc::new(EtcdWatch {
                 source: source.clone(),
                 reloader: reloader.clone(),
+                slot: slot.clone(),
                 revision: *revision,
-                cache: cli.config_cache.clone(),
+                cache: cache.clone(),
             }),
         ));
     }

@@ -9,6 +9,7 @@
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
+use crate::source::EtcdSource;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -50,6 +51,8 @@ pub struct Reloader {
     read: Read,
     /// A file to watch for changes.
     path: Option<PathBuf>,
+    /// The text read is that file merged with the shared config from etcd.
+    merged: bool,
     handle: RuntimeHandle,
     state: Mutex<State>,
 }
@@ -90,15 +93,24 @@ impl Reloader {
         )
     }
 
-    /// A config read by `read` (the etcd key), shown as `shown`, whose text was `text`.
+    /// A config read by `read` (the etcd key, with the node's file `path` when there is
+    /// one, watched as a config file is), shown as `shown`; `text` is what `read` gives now.
     pub fn with_reader(
         shown: String,
         read: Read,
+        path: Option<PathBuf>,
         handle: RuntimeHandle,
         config: Config,
         text: &str,
     ) -> Self {
-        Self::build(shown, read, None, handle, config, text_hash(text))
+        let tried_hash = match &path {
+            Some(p) => read_hash(p).unwrap_or(0),
+            None => text_hash(text),
+        };
+        Reloader {
+            merged: path.is_some(),
+            ..Self::build(shown, read, path, handle, config, tried_hash)
+        }
     }
 
     fn build(
@@ -115,6 +127,7 @@ impl Reloader {
         Reloader {
             shown,
             read,
+            merged: false,
             path,
             handle,
             state: Mutex::new(State {
@@ -188,7 +201,12 @@ impl Reloader {
     }
 
     fn try_apply(&self, st: &mut State, text: &str) -> Result<Outcome, ConfigErrors> {
-        st.tried_hash = text_hash(text);
+        // What the file watch compares with: the file as it is now (with a node file and a
+        // shared config, the text read is not the file's).
+        st.tried_hash = match (&self.path, self.merged) {
+            (Some(p), true) => read_hash(p).unwrap_or_else(|| text_hash(text)),
+            _ => text_hash(text),
+        };
         let outcome = self.prepare(st, text);
         match outcome {
             Ok((None, _)) => {
@@ -329,6 +347,9 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.client_header_timeout_ms != b.client_header_timeout_ms {
         out.push("server.client_header_timeout_ms");
     }
+    if a.config_source != b.config_source {
+        out.push("server.config_source");
+    }
     out
 }
 
@@ -400,6 +421,74 @@ impl BackgroundService for ReloadService {
                         pending = Some(hash);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The shared config's latest text from etcd: what the reader serves whole (`-c etcd://`)
+/// or merges with the node's file (`server.config_source`).
+pub type Slot = Arc<Mutex<String>>;
+
+/// The background service that follows the etcd key: each new value goes into the slot and
+/// through a reload, as a file change does.
+pub struct EtcdWatch {
+    pub source: Arc<EtcdSource>,
+    pub reloader: Arc<Reloader>,
+    pub slot: Slot,
+    /// The revision of the config serving at start (0: a cached one).
+    pub revision: u64,
+    /// Where each good shared config is written, for a start while etcd is down.
+    pub cache: Option<PathBuf>,
+}
+
+/// How long the watch waits after a failure, at first and at most.
+const MIN_PAUSE: Duration = Duration::from_millis(200);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+#[async_trait]
+impl BackgroundService for EtcdWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = crate::client::Client::default();
+        let mut applied = self.revision;
+        let mut pause = MIN_PAUSE;
+        let mut endpoint = 0usize;
+        METRICS.config_source_revision.set(applied as i64);
+        let apply = |text: String, revision: u64| {
+            let (reloader, slot, cache) =
+                (self.reloader.clone(), self.slot.clone(), self.cache.clone());
+            tokio::task::spawn_blocking(move || {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = text.clone();
+                if reloader
+                    .reload(&format!("etcd revision {revision}"))
+                    .is_ok()
+                {
+                    METRICS.config_source_revision.set(revision as i64);
+                    if let Some(path) = &cache {
+                        crate::source::write_cache(path, &text);
+                    }
+                }
+            })
+        };
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.source.follow(&client, endpoint, &mut applied, &apply) => r,
+            };
+            if let Err(e) = result {
+                METRICS.config_source_errors.inc();
+                log::warn!(
+                    "config source {}: {e}; the running config stays, trying again in {pause:?}",
+                    self.source.shown()
+                );
+                endpoint += 1;
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
+            } else {
+                pause = MIN_PAUSE;
             }
         }
     }

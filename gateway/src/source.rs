@@ -11,23 +11,20 @@
 //! `--config-cache FILE`, every config applied is also written there, and a node that
 //! starts while etcd is down serves the cached one.
 //!
+//! With `server.config_source` in a node's own file instead, the node keeps its `server`
+//! block (listeners, admin, logs: what differs between nodes) and takes `upstreams`,
+//! `routes` and `aggregates` from the key ([`merge`]); a change of either is a reload.
+//!
 //! `etcds://` speaks https (`GATEWAY_ETCD_CA` names a CA bundle); `etcd://USER@...` signs
 //! in with the password in `GATEWAY_ETCD_PASSWORD`. `gateway config push FILE etcd://...`
 //! checks a file as `-t` does and only then writes it.
 
 use crate::client::{Client, Url};
+use crate::config::{ConfigError, ConfigErrors};
 use crate::etcd::{Etcd, Event};
-use crate::metrics::METRICS;
-use crate::reload::Reloader;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-const MIN_PAUSE: Duration = Duration::from_millis(200);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// One call to etcd (reads and writes; the watch itself has no bound).
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -100,6 +97,12 @@ impl EtcdSource {
         &self.shown
     }
 
+    /// For tests and tools: a source over `etcd`.
+    pub fn new(etcd: Etcd, key: String) -> EtcdSource {
+        let shown = format!("etcd key {key}");
+        EtcdSource { etcd, key, shown }
+    }
+
     /// The config text and the revision it was written at, from the first endpoint that
     /// answers.
     pub async fn read(&self, client: &Client) -> Result<(String, u64), String> {
@@ -146,7 +149,7 @@ impl EtcdSource {
 
     /// Read the key, then follow its changes until the watch breaks; each new text goes to
     /// `apply`. Returns only on an error.
-    async fn follow(
+    pub async fn follow(
         &self,
         client: &Client,
         endpoint: usize,
@@ -201,62 +204,72 @@ pub fn write_cache(path: &Path, text: &str) {
     }
 }
 
-/// The background service that follows the key and hands every new value to the reload.
-pub struct EtcdWatch {
-    pub source: Arc<EtcdSource>,
-    pub reloader: Arc<Reloader>,
-    /// The revision of the config serving at start.
-    pub revision: u64,
-    pub cache: Option<PathBuf>,
-}
-
-#[async_trait]
-impl BackgroundService for EtcdWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let client = Client::default();
-        let mut applied = self.revision;
-        let mut pause = MIN_PAUSE;
-        let mut endpoint = 0usize;
-        METRICS.config_source_revision.set(applied as i64);
-        let apply = |text: String, revision: u64| {
-            let (reloader, cache) = (self.reloader.clone(), self.cache.clone());
-            tokio::task::spawn_blocking(move || {
-                let trigger = format!("etcd revision {revision}");
-                if reloader.apply_text(&text, &trigger).is_ok() {
-                    METRICS.config_source_revision.set(revision as i64);
-                    if let Some(path) = &cache {
-                        write_cache(path, &text);
-                    }
-                }
-            })
-        };
-        loop {
-            let result = tokio::select! {
-                _ = shutdown.changed() => return,
-                r = self.source.follow(&client, endpoint, &mut applied, &apply) => r,
-            };
-            if let Err(e) = result {
-                METRICS.config_source_errors.inc();
-                log::warn!(
-                    "config source {}: {e}; the running config stays, trying again in {pause:?}",
-                    self.source.shown
-                );
-                endpoint += 1;
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(MAX_PAUSE);
-            } else {
-                pause = MIN_PAUSE;
-            }
+/// The config a node serves with `server.config_source`: its own file's `server` block,
+/// and the shared document's `upstreams`, `routes` and `aggregates`. A `server` block in the
+/// shared document, or shared sections in the node's file, are faults.
+pub fn merge(node: &str, shared: &str) -> Result<String, ConfigErrors> {
+    use serde_yaml::{Mapping, Value};
+    let fault = |path: &str, msg: &str| ConfigErrors(vec![ConfigError::new(path, msg)]);
+    let mapping = |text: &str, what: &str| -> Result<Mapping, ConfigErrors> {
+        match serde_yaml::from_str::<Value>(text) {
+            Ok(Value::Mapping(m)) => Ok(m),
+            Ok(Value::Null) => Ok(Mapping::new()),
+            Ok(_) => Err(fault("", &format!("the {what} is not a mapping"))),
+            // The whole text is parsed again below, with the line of the fault.
+            Err(e) => Err(fault("", &format!("the {what}: {e}"))),
+        }
+    };
+    let mut merged = mapping(node, "node's file")?;
+    let shared = mapping(shared, "shared config in etcd")?;
+    let mut errs = Vec::new();
+    for key in SHARED {
+        if merged.contains_key(*key) {
+            errs.push(ConfigError::new(
+                *key,
+                "kept in etcd when server.config_source is set, not in the node's file",
+            ));
         }
     }
+    for (k, v) in shared {
+        match k.as_str() {
+            Some(key) if SHARED.contains(&key) => {
+                merged.insert(k, v);
+            }
+            Some("server") => errs.push(ConfigError::new(
+                "server",
+                "each node's own file holds server; the shared config in etcd holds upstreams, routes and aggregates",
+            )),
+            _ => errs.push(ConfigError::new(
+                k.as_str().unwrap_or(""),
+                "unknown section in the shared config",
+            )),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    serde_yaml::to_string(&Value::Mapping(merged)).map_err(|e| fault("", &e.to_string()))
 }
+
+/// The sections a shared config in etcd holds.
+const SHARED: &[&str] = &["upstreams", "routes", "aggregates"];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_file_and_the_shared_config_merge_and_refuse_each_others_sections() {
+        let node = "server:\n  listen: [\"127.0.0.1:8080\"]\n";
+        let shared = "upstreams:\n  u: { targets: [{ addr: \"127.0.0.1:9\" }] }\nroutes:\n  - { name: r, upstream: u }\n";
+        let merged = merge(node, shared).unwrap();
+        let cfg = crate::config::parse(&merged).unwrap();
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(cfg.server.listen[0].addr(), "127.0.0.1:8080");
+        let e = merge(&format!("{node}{shared}"), "server: {}\nplugins: {}\n").unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["upstreams", "routes", "server", "plugins"]);
+    }
 
     #[test]
     fn etcd_sources_parse_and_files_are_not_sources() {

@@ -574,6 +574,22 @@ pub struct ServerConfig {
     /// Export a trace of requests over OTLP (absent: no spans are made).
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Upstreams, routes and aggregates from an etcd key shared by every node; this file
+    /// keeps the node's own `server` block.
+    #[serde(default)]
+    pub config_source: Option<ConfigSourceConfig>,
+}
+
+/// `server.config_source`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceConfig {
+    /// `etcd://HOST:PORT[,HOST:PORT]/KEY` (`etcds://` for https).
+    pub etcd: String,
+    /// Every shared config applied is written here; a node that starts while etcd is down
+    /// serves it.
+    #[serde(default)]
+    pub cache_file: Option<String>,
 }
 
 /// `server.tracing`: OpenTelemetry traces over OTLP/HTTP with protocol buffers.
@@ -766,6 +782,7 @@ impl Default for ServerConfig {
             keepalive_timeout_secs: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
             tracing: None,
+            config_source: None,
         }
     }
 }
