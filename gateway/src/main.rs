@@ -410,9 +410,13 @@ fn main() -> ExitCode {
                 match &node {
                     None => Ok(shared),
                     Some(path) => {
-                        let node = std::fs::read_to_string(path)
-                            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                        gateway::source::merge(&node, &shared).map_err(|e| e.to_string())
+                        let node = std::fs::read_to_string(path).map_err(|e| {
+                            ConfigErrors(vec![ConfigError::new(
+                                "",
+                                format!("cannot read {}: {e}", path.display()),
+                            )])
+                        })?;
+                        gateway::source::merge(&node, &shared)
                     }
                 }
             });

@@ -42,8 +42,8 @@ struct State {
     last_ok_unix: f64,
 }
 
-/// Reads the config's text anew (a file, or the etcd key).
-pub type Read = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// Reads the config's text anew (a file, or the etcd key); faults with their YAML paths.
+pub type Read = Box<dyn Fn() -> Result<String, ConfigErrors> + Send + Sync>;
 
 pub struct Reloader {
     /// Where the config comes from, as shown in logs and `/admin/config`.
@@ -79,8 +79,12 @@ impl Reloader {
     pub fn new(path: PathBuf, handle: RuntimeHandle, config: Config) -> Self {
         let read_path = path.clone();
         let read: Read = Box::new(move || {
-            std::fs::read_to_string(&read_path)
-                .map_err(|e| format!("cannot read {}: {e}", read_path.display()))
+            std::fs::read_to_string(&read_path).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(
+                    "",
+                    format!("cannot read {}: {e}", read_path.display()),
+                )])
+            })
         });
         let tried_hash = read_hash(&path).unwrap_or(0);
         Self::build(
@@ -147,8 +151,7 @@ impl Reloader {
     /// Read the config anew and, if it is valid and different, serve it. Blocking (file,
     /// etcd and DNS).
     pub fn reload(&self, trigger: &str) -> Result<Outcome, ConfigErrors> {
-        let text = (self.read)().map_err(|e| ConfigErrors(vec![ConfigError::new("", e)]));
-        self.finish(trigger, text)
+        self.finish(trigger, (self.read)())
     }
 
     /// Serve `text` if it is valid and different, as a reload does. Blocking.
@@ -165,6 +168,11 @@ impl Reloader {
         crate::logging::request_reopen();
         let mut st = self.lock();
         let result = text.and_then(|t| self.try_apply(&mut st, &t));
+        if let Err(errs) = &result {
+            // Also a text that could not be read or put together (a node file and the
+            // shared config that refuse each other's sections).
+            st.last_error = Some(errs.0.clone());
+        }
         match &result {
             Ok(Outcome::Applied {
                 generation,

@@ -388,6 +388,21 @@ impl Setup {
         gw
     }
 
+    /// Start on a config source other than the directory's file (`etcd://...`), with extra
+    /// flags; returns once the listener accepts.
+    pub fn start_source(self, source: &str, args: &[&str]) -> Gateway {
+        let mut gw = Gateway::spawn_conf(
+            &self.dir,
+            self.port,
+            self.admin_port,
+            args,
+            "",
+            std::ffi::OsStr::new(source),
+        );
+        gw.wait_ready(self.port);
+        gw
+    }
+
     /// Start with extra flags; returns once `ready_port` accepts, and the admin listener
     /// too when the config has it (the services start one after another).
     pub fn start_with(self, yaml: &str, args: &[&str], ready_port: u16) -> Gateway {
@@ -415,11 +430,23 @@ impl Gateway {
         extra: &[&str],
         log_suffix: &str,
     ) -> Gateway {
+        let conf = dir.path().join("gateway.yaml");
+        Self::spawn_conf(dir, port, admin_port, extra, log_suffix, conf.as_os_str())
+    }
+
+    fn spawn_conf(
+        dir: &Arc<tempfile::TempDir>,
+        port: u16,
+        admin_port: u16,
+        extra: &[&str],
+        log_suffix: &str,
+        conf: &std::ffi::OsStr,
+    ) -> Gateway {
         let d = dir.path();
         let child = Command::new(gateway_bin())
             .args(extra)
             .arg("-c")
-            .arg(d.join("gateway.yaml"))
+            .arg(conf)
             .current_dir(workspace_root())
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(

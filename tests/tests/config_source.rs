@@ -1,0 +1,247 @@
+//! The config in etcd, against a real etcd: nodes that keep their own `server` block and
+//! share upstreams and routes through one key, `gateway config push`, a bad change refused
+//! by every node, etcd going away and coming back, the cache, and a whole config at a key
+//! (`-c etcd://...`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tests::{client, gateway_bin, get_json, workspace_root, EtcdServer, Gateway, Setup, Upstream};
+
+const KEY: &str = "gw/shared";
+
+/// The node's own file: the test server block and where the shared config is.
+fn node(s: &Setup, etcd: &EtcdServer, cache: &std::path::Path) -> String {
+    format!(
+        "{}  config_source: {{ etcd: \"etcd://127.0.0.1:{}/{KEY}\", cache_file: {} }}\n",
+        s.server_yaml(),
+        etcd.port,
+        cache.display()
+    )
+}
+
+/// The shared config: one route to `to`.
+fn shared(a: &Upstream, b: &Upstream, to: &str) -> String {
+    format!(
+        "upstreams:\n  a: {{ targets: [{{ addr: \"{}\" }}] }}\n  b: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, upstream: {to} }}\n",
+        a.addr, b.addr
+    )
+}
+
+/// `gateway config push` of `text`: whether it pushed, and what it said.
+fn push(etcd: &EtcdServer, text: &str, key: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["config", "push"])
+        .arg(&file)
+        .arg(format!("etcd://127.0.0.1:{}/{key}", etcd.port))
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn upstream_of(gw: &Gateway) -> String {
+    let r = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["x-upstream"].to_str().unwrap().to_string()
+}
+
+/// Wait until every node answers from `want`; how long it took.
+async fn until_all(gws: &[&Gateway], want: &str, limit: Duration) -> Duration {
+    let t = Instant::now();
+    for gw in gws {
+        loop {
+            let got = upstream_of(gw).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "still {got}, want {want}: {}",
+                gw.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    t.elapsed()
+}
+
+async fn reload_status(gw: &Gateway) -> serde_json::Value {
+    get_json(&client(), &gw.admin_url("/admin/config")).await.2["data"]["reload"].clone()
+}
+
+/// Wait until the node has refused a change, and return the fault's YAML paths.
+async fn refused_paths(gw: &Gateway) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let status = reload_status(gw).await;
+        if let Some(errs) = status["last_error"].as_array() {
+            return errs
+                .iter()
+                .filter_map(|e| e["path"].as_str().map(String::from))
+                .collect();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no refusal: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_take_a_pushed_change_within_a_second_and_refuse_a_bad_one_together() {
+    let etcd = EtcdServer::start();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (ok, said) = push(&etcd, &shared(&a, &b, "a"), KEY);
+    assert!(ok, "{said}");
+    let (s1, s2) = (Setup::new(), Setup::new());
+    let (n1, n2) = (
+        node(&s1, &etcd, &s1.path("cache.yaml")),
+        node(&s2, &etcd, &s2.path("cache.yaml")),
+    );
+    let cache1 = s1.path("cache.yaml");
+    let (gw1, gw2) = (s1.start(&n1), s2.start(&n2));
+    assert_eq!(upstream_of(&gw1).await, "a");
+    assert_eq!(upstream_of(&gw2).await, "a");
+
+    // One push, both nodes, within a second.
+    let (ok, said) = push(&etcd, &shared(&a, &b, "b"), KEY);
+    assert!(ok, "{said}");
+    let took = until_all(&[&gw1, &gw2], "b", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "the change took {took:?}");
+
+    // A faulty file is refused by the push itself, with its YAML path: etcd keeps the good one.
+    let (ok, said) = push(&etcd, &shared(&a, &b, "nope"), KEY);
+    assert!(!ok);
+    assert!(
+        said.contains("routes[0].upstream: unknown upstream \"nope\""),
+        "{said}"
+    );
+    assert!(said.contains("not pushed"), "{said}");
+
+    // Written past the check (straight into etcd): every node refuses it and keeps serving.
+    etcd.put(&format!("/{KEY}"), &shared(&a, &b, "nope"), None)
+        .await;
+    for gw in [&gw1, &gw2] {
+        assert_eq!(refused_paths(gw).await, ["routes[0].upstream"]);
+        assert_eq!(upstream_of(gw).await, "b");
+        assert!(gw
+            .metrics()
+            .await
+            .contains("gateway_config_reloads_total{result=\"error\"} 1"));
+    }
+    // A server block belongs to each node's own file.
+    etcd.put(
+        &format!("/{KEY}"),
+        &format!("server: {{ threads: 8 }}\n{}", shared(&a, &b, "a")),
+        None,
+    )
+    .await;
+    for gw in [&gw1, &gw2] {
+        let t = Instant::now();
+        while !reload_status(gw)
+            .await
+            .to_string()
+            .contains("\"path\":\"server\"")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "server block not refused: {}",
+                reload_status(gw).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(upstream_of(gw).await, "b");
+    }
+    // Fixed: both take it.
+    let (ok, said) = push(&etcd, &shared(&a, &b, "a"), KEY);
+    assert!(ok, "{said}");
+    until_all(&[&gw1, &gw2], "a", Duration::from_secs(5)).await;
+    assert!(reload_status(&gw1).await["last_error"].is_null());
+    // The cache holds the shared config serving now.
+    let cached = std::fs::read_to_string(cache1).unwrap();
+    assert_eq!(cached, shared(&a, &b, "a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_keeps_nodes_serving_a_cached_config_starts_one_and_changes_resume() {
+    let mut etcd = EtcdServer::start();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    assert!(push(&etcd, &shared(&a, &b, "a"), KEY).0);
+    let s1 = Setup::new();
+    let n1 = node(&s1, &etcd, &s1.path("cache.yaml"));
+    let cache = s1.path("cache.yaml");
+    let gw1 = s1.start(&n1);
+    assert_eq!(upstream_of(&gw1).await, "a");
+
+    etcd.stop();
+    let t = Instant::now();
+    while !gw1
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("gateway_config_source_errors_total ") && !l.ends_with(" 0"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the loss of etcd went unseen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream_of(&gw1).await, "a");
+
+    // A node that starts while etcd is down serves the last good shared config it cached.
+    let s2 = Setup::new();
+    std::fs::copy(&cache, s2.path("cache.yaml")).unwrap();
+    let n2 = node(&s2, &etcd, &s2.path("cache.yaml"));
+    let gw2 = s2.start(&n2);
+    assert_eq!(upstream_of(&gw2).await, "a");
+    assert!(
+        gw2.stderr().contains("serving the cached config"),
+        "{}",
+        gw2.stderr()
+    );
+
+    // etcd back: the next change reaches both (within the longest pause, 10 s, and a read).
+    etcd.restart();
+    assert!(push(&etcd, &shared(&a, &b, "b"), KEY).0);
+    until_all(&[&gw1, &gw2], "b", Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_config_at_one_key() {
+    let etcd = EtcdServer::start();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let s = Setup::new();
+    let whole = |to: &str| format!("{}{}", s.server_yaml(), shared(&a, &b, to));
+    assert!(push(&etcd, &whole("a"), "gw/whole").0);
+    let source = format!("etcd://127.0.0.1:{}/gw/whole", etcd.port);
+    // `-t` checks what the key holds.
+    let out = Command::new(gateway_bin())
+        .args(["-t", "-c", &source])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = whole("b");
+    let gw = s.start_source(&source, &[]);
+    assert_eq!(upstream_of(&gw).await, "a");
+    assert!(push(&etcd, &v2, "gw/whole").0);
+    let took = until_all(&[&gw], "b", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(
+        reload_status(&gw).await["file"],
+        format!("etcd://127.0.0.1:{}/gw/whole", etcd.port)
+    );
+}
