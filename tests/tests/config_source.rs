@@ -245,3 +245,34 @@ async fn a_whole_config_at_one_key() {
         format!("etcd://127.0.0.1:{}/gw/whole", etcd.port)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_cluster_demo_pushes_and_its_node_files_check() {
+    let etcd = EtcdServer::start();
+    let root = workspace_root().join("conf/cluster");
+    let shared = std::fs::read_to_string(root.join("shared.yaml")).unwrap();
+    let (ok, said) = push(&etcd, &shared, "gateway/shared");
+    assert!(ok, "{said}");
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["node-1.yaml", "node-2.yaml"] {
+        // The demo's etcd listens on 2379; this one on a free port.
+        let text = std::fs::read_to_string(root.join(n))
+            .unwrap()
+            .replace("127.0.0.1:2379", &format!("127.0.0.1:{}", etcd.port));
+        let file = dir.path().join(n);
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(gateway_bin())
+            .args(["-t", "-c"])
+            .arg(&file)
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("(1 routes, 1 upstreams)"), "{n}: {stdout}");
+    }
+}
