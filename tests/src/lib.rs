@@ -800,6 +800,8 @@ pub struct EtcdServer {
     pub port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// With authentication on: the root user's token.
+    token: Option<String>,
 }
 
 impl EtcdServer {
@@ -811,6 +813,7 @@ impl EtcdServer {
             port,
             peer_port,
             dir,
+            token: None,
         }
     }
 
@@ -874,12 +877,13 @@ impl EtcdServer {
     }
 
     async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let r = crate::client()
+        let mut rb = crate::client()
             .post(format!("{}{path}", self.url()))
-            .json(&body)
-            .send()
-            .await
-            .expect("etcd answers");
+            .json(&body);
+        if let Some(t) = &self.token {
+            rb = rb.header("authorization", t);
+        }
+        let r = rb.send().await.expect("etcd answers");
         assert!(r.status().is_success(), "etcd {path}: {}", r.status());
         r.json().await.expect("etcd answers JSON")
     }
@@ -900,6 +904,31 @@ impl EtcdServer {
         let key = base64::engine::general_purpose::STANDARD.encode(key);
         self.call("/v3/kv/deleterange", serde_json::json!({ "key": key }))
             .await;
+    }
+
+    /// Turn authentication on with a `root` user of this password; later calls of this
+    /// harness sign in as it.
+    pub async fn enable_auth(&mut self, password: &str) {
+        self.call("/v3/auth/role/add", serde_json::json!({"name": "root"}))
+            .await;
+        self.call(
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": password}),
+        )
+        .await;
+        self.call(
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        )
+        .await;
+        self.call("/v3/auth/enable", serde_json::json!({})).await;
+        let v = self
+            .call(
+                "/v3/auth/authenticate",
+                serde_json::json!({"name": "root", "password": password}),
+            )
+            .await;
+        self.token = v["token"].as_str().map(String::from);
     }
 
     /// A lease that expires after `ttl_secs` unless kept alive (it is not).

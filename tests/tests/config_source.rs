@@ -276,3 +276,56 @@ async fn the_shipped_cluster_demo_pushes_and_its_node_files_check() {
         assert!(stdout.contains("(1 routes, 1 upstreams)"), "{n}: {stdout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_authentication_on_nodes_sign_in_and_discovery_too() {
+    let mut etcd = EtcdServer::start();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    etcd.enable_auth("root-secret").await;
+    etcd.put("/svc/b", &format!("{{\"addr\": \"{}\"}}", b.addr), None)
+        .await;
+    std::env::set_var("GATEWAY_ETCD_PASSWORD", "root-secret");
+    std::env::set_var("GW_TEST_ETCD_PASSWORD", "root-secret");
+    let s = Setup::new();
+    let whole = format!(
+        "{}upstreams:\n  a: {{ targets: [{{ addr: \"{}\" }}] }}\n  b:\n    discovery: {{ type: etcd, endpoints: [\"{}\"], prefix: /svc/, username: root, password_env: GW_TEST_ETCD_PASSWORD }}\nroutes:\n  - {{ name: r, upstream: a }}\n  - {{ name: d, match: {{ path: {{ prefix: /d }} }}, upstream: b }}\n",
+        s.server_yaml(),
+        a.addr,
+        etcd.url()
+    );
+    etcd.put("/gw/auth", &whole, None).await;
+    // Without the user, etcd refuses the read and the node does not start.
+    let anonymous = Command::new(gateway_bin())
+        .args([
+            "-t",
+            "-c",
+            &format!("etcd://127.0.0.1:{}/gw/auth", etcd.port),
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    assert!(!anonymous.status.success());
+    let gw = s.start_source(&format!("etcd://root@127.0.0.1:{}/gw/auth", etcd.port), &[]);
+    assert_eq!(upstream_of(&gw).await, "a");
+    let t = Instant::now();
+    loop {
+        let r = client().get(gw.url("/d")).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.headers()["x-upstream"], "b");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "discovery did not sign in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A change, through the signed-in watch.
+    etcd.put(
+        "/gw/auth",
+        &whole.replace("upstream: a }", "upstream: b }"),
+        None,
+    )
+    .await;
+    until_all(&[&gw], "b", Duration::from_secs(5)).await;
+}
