@@ -303,9 +303,15 @@ async fn answer(
 /// own fan-out port and clients their source ports: a port handed out here and released is
 /// not taken by one of those before the server it is meant for binds it.
 pub fn free_port() -> u16 {
+    // A port is handed out once per test process: two tests running at once can otherwise
+    // both be given a port that is free now, and the second server to bind it fails (while
+    // its readiness check reaches the first one).
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..1000 {
         let port = fastrand::u16(20_000..32_000);
-        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && StdListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
