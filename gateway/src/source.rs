@@ -76,10 +76,10 @@ impl EtcdSource {
             None => None,
         };
         let ca = match std::env::var("GATEWAY_ETCD_CA") {
-            Ok(f) => {
+            Ok(f) if tls => {
                 Some(crate::upstream::load_ca(&f).map_err(|e| format!("GATEWAY_ETCD_CA: {e}"))?)
             }
-            Err(_) => None,
+            _ => None,
         };
         Ok(EtcdSource {
             etcd: Etcd {

@@ -395,8 +395,13 @@ impl Setup {
     }
 
     /// Start on a config source other than the directory's file (`etcd://...`), with extra
-    /// flags; returns once the listener accepts.
-    pub fn start_source(self, source: &str, args: &[&str]) -> Gateway {
+    /// flags and environment; returns once the listener accepts.
+    pub fn start_source(
+        self,
+        source: &str,
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Gateway {
         let mut gw = Gateway::spawn_conf(
             &self.dir,
             self.port,
@@ -404,6 +409,7 @@ impl Setup {
             args,
             "",
             std::ffi::OsStr::new(source),
+            envs,
         );
         gw.wait_ready(self.port);
         gw
@@ -437,7 +443,15 @@ impl Gateway {
         log_suffix: &str,
     ) -> Gateway {
         let conf = dir.path().join("gateway.yaml");
-        Self::spawn_conf(dir, port, admin_port, extra, log_suffix, conf.as_os_str())
+        Self::spawn_conf(
+            dir,
+            port,
+            admin_port,
+            extra,
+            log_suffix,
+            conf.as_os_str(),
+            &[],
+        )
     }
 
     fn spawn_conf(
@@ -447,12 +461,14 @@ impl Gateway {
         extra: &[&str],
         log_suffix: &str,
         conf: &std::ffi::OsStr,
+        envs: &[(&str, &std::ffi::OsStr)],
     ) -> Gateway {
         let d = dir.path();
         let child = Command::new(gateway_bin())
             .args(extra)
             .arg("-c")
             .arg(conf)
+            .envs(envs.iter().copied())
             .current_dir(workspace_root())
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(
@@ -806,25 +822,44 @@ pub struct EtcdServer {
     pub port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// With https: the certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
     /// With authentication on: the root user's token.
     token: Option<String>,
 }
 
 impl EtcdServer {
     pub fn start() -> EtcdServer {
+        Self::start_with(None)
+    }
+
+    /// A server that speaks https to clients, with this PEM certificate chain and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> EtcdServer {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> EtcdServer {
         let (port, peer_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
+        let tls = tls.map(|(cert, key)| {
+            let (c, k) = (dir.path().join("etcd.crt"), dir.path().join("etcd.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            (c, k)
+        });
         EtcdServer {
-            child: Self::spawn(port, peer_port, dir.path()),
+            child: Self::spawn(port, peer_port, dir.path(), tls.as_ref()),
             port,
             peer_port,
+            tls,
             dir,
             token: None,
         }
     }
 
-    fn spawn(port: u16, peer_port: u16, dir: &Path) -> Child {
-        let client = format!("http://127.0.0.1:{port}");
+    fn spawn(port: u16, peer_port: u16, dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> Child {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let mut child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
@@ -842,6 +877,14 @@ impl EtcdServer {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
+            .args(tls.map_or(Vec::new(), |(c, k)| {
+                vec![
+                    "--cert-file".into(),
+                    c.clone().into_os_string(),
+                    "--key-file".into(),
+                    k.clone().into_os_string(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
             .spawn()
@@ -849,12 +892,13 @@ impl EtcdServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let ready = || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && raw(
+                // Over TLS, listening is as much as can be told without a TLS client.
+                && (tls.is_some() || raw(
                     port,
                     b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n",
                     Duration::from_millis(500),
                 )
-                .contains("\"health\":\"true\"")
+                .contains("\"health\":\"true\""))
         };
         while !ready() {
             if Instant::now() > deadline {
@@ -868,7 +912,8 @@ impl EtcdServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kill the server; its ports and data stay for [`EtcdServer::restart`].
@@ -879,17 +924,35 @@ impl EtcdServer {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port, self.peer_port, self.dir.path());
+        self.child = Self::spawn(
+            self.port,
+            self.peer_port,
+            self.dir.path(),
+            self.tls.as_ref(),
+        );
     }
 
     async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let mut rb = crate::client()
-            .post(format!("{}{path}", self.url()))
-            .json(&body);
-        if let Some(t) = &self.token {
-            rb = rb.header("authorization", t);
-        }
-        let r = rb.send().await.expect("etcd answers");
+        // The test's own calls do not check etcd's certificate; the gateway's do.
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        // etcd may listen a moment before it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let r = loop {
+            let mut rb = c.post(format!("{}{path}", self.url())).json(&body);
+            if let Some(t) = &self.token {
+                rb = rb.header("authorization", t);
+            }
+            match rb.send().await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() > deadline => panic!("etcd {path}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
         assert!(r.status().is_success(), "etcd {path}: {}", r.status());
         r.json().await.expect("etcd answers JSON")
     }

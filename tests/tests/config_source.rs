@@ -235,7 +235,7 @@ async fn a_whole_config_at_one_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v2 = whole("b");
-    let gw = s.start_source(&source, &[]);
+    let gw = s.start_source(&source, &[], &[]);
     assert_eq!(upstream_of(&gw).await, "a");
     assert!(push(&etcd, &v2, "gw/whole").0);
     let took = until_all(&[&gw], "b", Duration::from_secs(5)).await;
@@ -284,7 +284,6 @@ async fn with_etcd_authentication_on_nodes_sign_in_and_discovery_too() {
     etcd.enable_auth("root-secret").await;
     etcd.put("/svc/b", &format!("{{\"addr\": \"{}\"}}", b.addr), None)
         .await;
-    std::env::set_var("GATEWAY_ETCD_PASSWORD", "root-secret");
     std::env::set_var("GW_TEST_ETCD_PASSWORD", "root-secret");
     let s = Setup::new();
     let whole = format!(
@@ -305,7 +304,11 @@ async fn with_etcd_authentication_on_nodes_sign_in_and_discovery_too() {
         .output()
         .unwrap();
     assert!(!anonymous.status.success());
-    let gw = s.start_source(&format!("etcd://root@127.0.0.1:{}/gw/auth", etcd.port), &[]);
+    let gw = s.start_source(
+        &format!("etcd://root@127.0.0.1:{}/gw/auth", etcd.port),
+        &[],
+        &[("GATEWAY_ETCD_PASSWORD", std::ffi::OsStr::new("root-secret"))],
+    );
     assert_eq!(upstream_of(&gw).await, "a");
     let t = Instant::now();
     loop {
@@ -327,5 +330,54 @@ async fn with_etcd_authentication_on_nodes_sign_in_and_discovery_too() {
         None,
     )
     .await;
+    until_all(&[&gw], "b", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_with_the_ca_named_and_refused_without_it() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let etcd = EtcdServer::start_tls(&leaf.pem(), &leaf_key.serialize_pem());
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let s = Setup::new();
+    let ca_file = s.path("etcd-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let whole = |to: &str| format!("{}{}", s.server_yaml(), shared(&a, &b, to));
+    etcd.put("/gw/tls", &whole("a"), None).await;
+    let source = format!("etcds://127.0.0.1:{}/gw/tls", etcd.port);
+
+    // Without the CA the certificate is not trusted: nothing is read.
+    let untrusting = Command::new(gateway_bin())
+        .args(["-t", "-c", &source])
+        .env_remove("GATEWAY_ETCD_CA")
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    assert!(!untrusting.status.success());
+    let trusting = Command::new(gateway_bin())
+        .args(["-t", "-c", &source])
+        .env("GATEWAY_ETCD_CA", &ca_file)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    assert!(
+        trusting.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusting.stderr)
+    );
+
+    let next = whole("b");
+    let gw = s.start_source(&source, &[], &[("GATEWAY_ETCD_CA", ca_file.as_os_str())]);
+    assert_eq!(upstream_of(&gw).await, "a");
+    etcd.put("/gw/tls", &next, None).await;
     until_all(&[&gw], "b", Duration::from_secs(5)).await;
 }
