@@ -28,6 +28,17 @@ from bench import GATEWAY_BIN, free_port, nginx, stop_all, upstream_conf, wait_p
 SETTINGS = ("off", "0.01", "1")
 
 
+def write_conf(d, name, up, setting):
+    """A gateway config in its own folder of `d`, with tracing as `setting`: (port, path)."""
+    port = free_port()
+    sub = os.path.join(d, name)
+    os.makedirs(sub)
+    conf = os.path.join(sub, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(bench.gateway_conf(sub, port, up, setting))
+    return port, conf
+
+
 def main():
     bench.require(("nginx", "wrk", "taskset", "valgrind"), (GATEWAY_BIN,))
     d = tempfile.mkdtemp(prefix="gw-tracing-")
@@ -39,12 +50,7 @@ def main():
         wait_port(up)
         gateways = {}
         for setting in SETTINGS:
-            port = free_port()
-            sub = os.path.join(d, f"tracing-{setting}")
-            os.makedirs(sub)
-            conf = os.path.join(sub, "gateway.yaml")
-            with open(conf, "w") as f:
-                f.write(bench.gateway_conf(sub, port, up, setting))
+            port, conf = write_conf(d, f"tracing-{setting}", up, setting)
             p = subprocess.Popen(["taskset", "-c", "0", GATEWAY_BIN, "-c", conf],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet)
             procs.append(p)
@@ -73,15 +79,11 @@ def main():
             p.wait(timeout=20)
         instr = {}
         for s in SETTINGS:
-            port = free_port()
-            sub = os.path.join(d, f"instr-{s}")
-            os.makedirs(sub)
-            conf = os.path.join(sub, "gateway.yaml")
-            with open(conf, "w") as f:
-                f.write(bench.gateway_conf(sub, port, up, s))
             # A dump name without dots: instructions.count finds the dump by its numbered suffix.
             name = "tracing-" + s.replace(".", "_")
-            instr[s] = instructions.count([GATEWAY_BIN, "-c", conf], port, "/bench", {}, sub, name, quiet)
+            port, conf = write_conf(d, f"instr-{s}", up, s)
+            instr[s] = instructions.count([GATEWAY_BIN, "-c", conf], port, "/bench", {},
+                                          os.path.dirname(conf), name, quiet)
         print("\nmedians, and instructions per request (callgrind, "
               f"{instructions.REQUESTS} requests over one connection)")
         for s in SETTINGS:

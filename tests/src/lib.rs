@@ -587,6 +587,18 @@ impl Gateway {
         lines
     }
 
+    /// The running config as the admin API shows it (`/admin/config`), as text.
+    pub async fn admin_config_text(&self) -> String {
+        client()
+            .get(self.admin_url("/admin/config"))
+            .send()
+            .await
+            .expect("GET /admin/config")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// The Prometheus text of the admin listener's `/metrics`.
     pub async fn metrics(&self) -> String {
         client()

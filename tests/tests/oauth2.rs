@@ -322,14 +322,7 @@ routes:
     assert_envelope(status, &body, 401);
 
     // The client secret written in the file never leaves the gateway.
-    let config = client()
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let config = gw.admin_config_text().await;
     assert!(config.contains("\"client_id\":\"gateway\""), "{config}");
     assert!(!config.contains("gateway-secret"), "{config}");
 

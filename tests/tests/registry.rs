@@ -163,16 +163,15 @@ async fn consul_blocking_queries_follow_the_service_at_once_and_idle_cheaply() {
         Upstream::start("b").await,
         Upstream::start("c").await,
     );
-    consul
-        .set_service(
-            "users",
-            json!([
-                instance("a", &a, "passing", &["v1"]),
-                instance("b", &b, "critical", &["v1"]),
-                instance("c", &c, "passing", &["v2"]),
-            ]),
-        )
-        .await;
+    // a and b tagged v1, c tagged v2; b's check as given.
+    let users = |b_status: &str| {
+        json!([
+            instance("a", &a, "passing", &["v1"]),
+            instance("b", &b, b_status, &["v1"]),
+            instance("c", &c, "passing", &["v2"]),
+        ])
+    };
+    consul.set_service("users", users("critical")).await;
     std::env::set_var("GW_TEST_CONSUL_TOKEN", "s3cret");
     let gw = Gateway::start(&format!(
         r#"upstreams:
@@ -197,16 +196,7 @@ routes:
     );
 
     // A change arrives at once (the query waits up to 30 s otherwise).
-    consul
-        .set_service(
-            "users",
-            json!([
-                instance("a", &a, "passing", &["v1"]),
-                instance("b", &b, "passing", &["v1"]),
-                instance("c", &c, "passing", &["v2"]),
-            ]),
-        )
-        .await;
+    consul.set_service("users", users("passing")).await;
     let took = until_targets(&gw, "users", &[&a, &b], Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(1), "the change took {took:?}");
     let d = discovery(&gw, "users").await;

@@ -142,14 +142,7 @@ routes:
         assert_eq!(e["headers"]["x-api-key"], "key-from-env");
     }
     // Never shown by the admin API.
-    let cfg = client()
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cfg = gw.admin_config_text().await;
     assert!(!cfg.contains("t1\"") && cfg.contains("<redacted>"), "{cfg}");
     assert!(counter(&gw, "gateway_trace_spans_exported_total ").await >= 5);
 }
