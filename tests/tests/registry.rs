@@ -46,6 +46,18 @@ async fn until_targets(
     }
 }
 
+/// Wait (up to 5 s) until the upstream's discovery shows a failure.
+async fn until_failure_seen(gw: &Gateway, upstream: &str) {
+    let t = Instant::now();
+    while discovery(gw, upstream).await["last_error"].is_null() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the failure was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Which upstreams answer `n` requests.
 async fn answering(gw: &Gateway, n: usize) -> BTreeSet<String> {
     let c = client();
@@ -130,14 +142,7 @@ routes:
 
     etcd.stop();
     // The watch breaks, the reads fail: the last good target serves on.
-    let t = Instant::now();
-    while discovery(&gw, "u").await["last_error"].is_null() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the failure was not noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_failure_seen(&gw, "u").await;
     assert_eq!(answering(&gw, 5).await, ["a"].map(String::from).into());
 
     etcd.restart();
@@ -250,14 +255,7 @@ routes:
 
     // The agent is gone: the last good targets stay and serve.
     consul.stop();
-    let t = Instant::now();
-    while discovery(&gw, "u").await["last_error"].is_null() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the failure was not noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_failure_seen(&gw, "u").await;
     assert_eq!(
         answering(&gw, 10).await,
         ["a", "b"].map(String::from).into()
