@@ -3,13 +3,13 @@
 use clap::{Parser, Subcommand};
 use gateway::access_log::AccessLog;
 use gateway::admin::AdminApp;
-use gateway::config::{ConfigError, ConfigErrors};
+use gateway::config::ConfigErrors;
 use gateway::fanout::FanoutApp;
 use gateway::guard::Guarded;
 use gateway::proxy::{start_draining, Gateway};
 use gateway::refresh::RefreshService;
-use gateway::reload::{EtcdWatch, ReloadService, Reloader, Slot};
-use gateway::source::EtcdSource;
+use gateway::reload::{EtcdWatch, ReloadService, Reloader};
+use gateway::source::{EtcdSource, LoadError};
 use gateway::telemetry::Exporter;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -76,14 +76,6 @@ enum ConfigAction {
     },
 }
 
-/// A small runtime for the calls made before the server starts (etcd).
-fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
-}
-
 /// `gateway config push FILE etcd://...`.
 fn push(file: &std::path::Path, target: &str) -> ExitCode {
     let source = match EtcdSource::parse(target) {
@@ -119,8 +111,8 @@ fn push(file: &std::path::Path, target: &str) -> ExitCode {
         return ExitCode::from(1);
     }
     let client = gateway::client::Client::default();
-    match block_on(source.write(&client, &text)) {
-        Ok(Ok(rev)) => {
+    match gateway::source::block_on(source.write(&client, &text)) {
+        Ok(rev) => {
             println!(
                 "{}: pushed to {} at revision {rev}",
                 file.display(),
@@ -128,12 +120,8 @@ fn push(file: &std::path::Path, target: &str) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Ok(Err(e)) => {
-            eprintln!("{}: cannot write: {e}", source.shown());
-            ExitCode::from(1)
-        }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}: cannot write: {e}", source.shown());
             ExitCode::from(1)
         }
     }
@@ -188,18 +176,10 @@ fn main() -> ExitCode {
     {
         return push(file, target);
     }
-    let etcd = match EtcdSource::parse(&cli.conf.to_string_lossy()) {
-        Some(Ok(s)) => Some(Arc::new(s)),
-        Some(Err(e)) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-        None => None,
-    };
     // A daemon runs from /, and a reload reads the file again later: hold on to the full
     // path, without resolving symlinks, so a swapped link (as Kubernetes mounts a
     // ConfigMap) is followed to its new target.
-    if etcd.is_none() {
+    if EtcdSource::parse(&cli.conf.to_string_lossy()).is_none() {
         if let Ok(full) = std::path::absolute(&cli.conf) {
             cli.conf = full;
         }
@@ -217,93 +197,15 @@ fn main() -> ExitCode {
         );
         ExitCode::from(1)
     };
-    // The node's own file (absent with -c etcd://); with etcd, the shared text and its
-    // revision (0 when it came from the cache).
-    let node_text = match &etcd {
-        Some(_) => None,
-        None => match std::fs::read_to_string(&cli.conf) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                return refuse(ConfigErrors(vec![ConfigError::new(
-                    "",
-                    format!("cannot read {}: {e}", cli.conf.display()),
-                )]))
-            }
-        },
-    };
-    let mut cfg = match node_text.as_deref().map(gateway::config::parse) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(errs)) => return refuse(errs),
-        None => None,
-    };
-    let source_key = cfg.as_ref().and_then(|c| c.server.config_source.clone());
-    let (etcd, cache) = match (etcd, source_key) {
-        (Some(e), _) => (Some(e), cli.config_cache.clone()),
-        (None, Some(cs)) => match EtcdSource::parse(&cs.etcd) {
-            Some(Ok(s)) => (Some(Arc::new(s)), cs.cache_file.map(PathBuf::from)),
-            Some(Err(e)) => {
-                return refuse(ConfigErrors(vec![ConfigError::new(
-                    "server.config_source.etcd",
-                    e,
-                )]))
-            }
-            None => {
-                return refuse(ConfigErrors(vec![ConfigError::new(
-                    "server.config_source.etcd",
-                    "not an etcd:// or etcds:// URL",
-                )]))
-            }
-        },
-        (None, None) => (None, None),
-    };
-    let mut from_etcd: Option<(Slot, u64)> = None;
-    if let Some(source) = &etcd {
-        let client = gateway::client::Client::default();
-        let read = block_on(source.read(&client))
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        let (shared, revision) = match (read, &cache) {
-            (Ok(r), _) => r,
-            (Err(e), Some(cache)) if cache.exists() => {
-                eprintln!(
-                    "{}: {e}; serving the cached config {} until it answers",
-                    source.shown(),
-                    cache.display()
-                );
-                match std::fs::read_to_string(cache) {
-                    Ok(t) => (t, 0),
-                    Err(e) => {
-                        eprintln!("{}: {e}", cache.display());
-                        return ExitCode::from(1);
-                    }
-                }
-            }
-            (Err(e), _) => {
-                eprintln!("{}: {e}", source.shown());
-                return ExitCode::from(1);
-            }
-        };
-        let text = match &node_text {
-            Some(node) => match gateway::source::merge(node, &shared) {
-                Ok(t) => t,
-                Err(errs) => return refuse(errs),
-            },
-            None => shared.clone(),
-        };
-        cfg = match gateway::config::parse(&text) {
-            Ok(c) => Some(c),
-            Err(errs) => return refuse(errs),
-        };
-        if revision > 0 {
-            if let Some(path) = &cache {
-                gateway::source::write_cache(path, &shared);
-            }
+    let loaded = match gateway::source::load(&cli.conf, cli.config_cache.clone()) {
+        Ok(l) => l,
+        Err(LoadError::Faults(errs)) => return refuse(errs),
+        Err(LoadError::Other(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
         }
-        from_etcd = Some((Arc::new(std::sync::Mutex::new(shared)), revision));
-    }
-    let Some(cfg) = cfg else {
-        return ExitCode::from(1);
     };
+    let cfg = loaded.config.clone();
     // Without an address in server.fanout, aggregates go to a fan-out service of this process
     // on a loopback port the OS chooses (checking a config binds nothing).
     let fanout = &cfg.server.fanout;
@@ -400,44 +302,34 @@ fn main() -> ExitCode {
         "access log".into(),
         Arc::new(AccessLogWriter(access_log.clone())),
     ));
-    let reloader = Arc::new(match (&etcd, &from_etcd) {
-        (Some(source), Some((slot, _))) => {
-            // The shared text is kept current by the watch; a node file is read anew.
-            let node_file = node_text.as_ref().map(|_| cli.conf.clone());
-            let (slot2, node) = (slot.clone(), node_file.clone());
-            let read: gateway::reload::Read = Box::new(move || {
-                let shared = slot2.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                match &node {
-                    None => Ok(shared),
-                    Some(path) => {
-                        let node = std::fs::read_to_string(path).map_err(|e| {
-                            ConfigErrors(vec![ConfigError::new(
-                                "",
-                                format!("cannot read {}: {e}", path.display()),
-                            )])
-                        })?;
-                        gateway::source::merge(&node, &shared)
-                    }
-                }
-            });
-            let shown = match &node_text {
-                Some(_) => format!("{} and {}", cli.conf.display(), source.shown()),
-                None => source.shown().to_string(),
+    let reloader = Arc::new(match &loaded.etcd {
+        Some(shared) => {
+            let read = shared.reader(loaded.node_file.clone());
+            let shown = match &loaded.node_file {
+                Some(f) => format!("{} and {}", f.display(), shared.source.shown()),
+                None => shared.source.shown().to_string(),
             };
             let first = read().unwrap_or_default();
-            Reloader::with_reader(shown, read, node_file, handle.clone(), cfg.clone(), &first)
+            Reloader::with_reader(
+                shown,
+                read,
+                loaded.node_file.clone(),
+                handle.clone(),
+                cfg.clone(),
+                &first,
+            )
         }
-        _ => Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()),
+        None => Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()),
     });
-    if let (Some(source), Some((slot, revision))) = (&etcd, &from_etcd) {
+    if let Some(shared) = &loaded.etcd {
         server.add_service(GenBackgroundService::new(
             "config source".into(),
             Arc::new(EtcdWatch {
-                source: source.clone(),
+                source: shared.source.clone(),
                 reloader: reloader.clone(),
-                slot: slot.clone(),
-                revision: *revision,
-                cache: cache.clone(),
+                slot: shared.slot.clone(),
+                revision: shared.revision,
+                cache: shared.cache.clone(),
             }),
         ));
     }

@@ -9,7 +9,7 @@
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::runtime::RuntimeHandle;
-use crate::source::EtcdSource;
+use crate::source::{EtcdSource, Slot};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -433,10 +433,6 @@ impl BackgroundService for ReloadService {
         }
     }
 }
-
-/// The shared config's latest text from etcd: what the reader serves whole (`-c etcd://`)
-/// or merges with the node's file (`server.config_source`).
-pub type Slot = Arc<Mutex<String>>;
 
 /// The background service that follows the etcd key: each new value goes into the slot and
 /// through a reload, as a file change does.

@@ -20,9 +20,10 @@
 //! checks a file as `-t` does and only then writes it.
 
 use crate::client::{Client, Url};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::etcd::{Etcd, Event};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One call to etcd (reads and writes; the watch itself has no bound).
@@ -249,6 +250,139 @@ pub fn merge(node: &str, shared: &str) -> Result<String, ConfigErrors> {
         return Err(ConfigErrors(errs));
     }
     serde_yaml::to_string(&Value::Mapping(merged)).map_err(|e| fault("", &e.to_string()))
+}
+
+/// The shared config's latest text from etcd: what the reader serves whole (`-c etcd://`)
+/// or merges with the node's file (`server.config_source`); the watch keeps it current.
+pub type Slot = Arc<Mutex<String>>;
+
+/// The config a process starts with, and where it came from.
+pub struct Loaded {
+    pub config: Config,
+    /// The node's own file, absent with `-c etcd://`.
+    pub node_file: Option<PathBuf>,
+    /// With etcd: the source, the shared text, its revision (0 when it came from the
+    /// cache) and the cache file.
+    pub etcd: Option<Shared>,
+}
+
+pub struct Shared {
+    pub source: Arc<EtcdSource>,
+    pub slot: Slot,
+    pub revision: u64,
+    pub cache: Option<PathBuf>,
+}
+
+/// Why a start has no config: faults with their YAML paths, or another failure (etcd
+/// unreachable with no cache, a bad source URL).
+pub enum LoadError {
+    Faults(ConfigErrors),
+    Other(String),
+}
+
+/// Read the config named by `-c`: a file (with `server.config_source`, merged with the
+/// shared config from etcd) or an etcd key. `cache` is `--config-cache`. Blocking.
+pub fn load(conf: &Path, cache: Option<PathBuf>) -> Result<Loaded, LoadError> {
+    let faults = |path: &str, msg: String| {
+        LoadError::Faults(ConfigErrors(vec![ConfigError::new(path, msg)]))
+    };
+    let (source, node, cache) = match EtcdSource::parse(&conf.to_string_lossy()) {
+        Some(parsed) => (Arc::new(parsed.map_err(LoadError::Other)?), None, cache),
+        None => {
+            let text = std::fs::read_to_string(conf)
+                .map_err(|e| faults("", format!("cannot read {}: {e}", conf.display())))?;
+            let config = crate::config::parse(&text).map_err(LoadError::Faults)?;
+            let Some(cs) = config.server.config_source.clone() else {
+                return Ok(Loaded {
+                    config,
+                    node_file: None,
+                    etcd: None,
+                });
+            };
+            let source = match EtcdSource::parse(&cs.etcd) {
+                Some(parsed) => parsed.map_err(|e| faults("server.config_source.etcd", e))?,
+                None => {
+                    return Err(faults(
+                        "server.config_source.etcd",
+                        "not an etcd:// or etcds:// URL".into(),
+                    ))
+                }
+            };
+            (
+                Arc::new(source),
+                Some(text),
+                cs.cache_file.map(PathBuf::from),
+            )
+        }
+    };
+    let read = block_on(source.read(&Client::default()));
+    let (shared, revision) = match (read, &cache) {
+        (Ok(r), _) => r,
+        (Err(e), Some(file)) if file.exists() => {
+            eprintln!(
+                "{}: {e}; serving the cached config {} until it answers",
+                source.shown(),
+                file.display()
+            );
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| LoadError::Other(format!("{}: {e}", file.display())))?;
+            (text, 0)
+        }
+        (Err(e), _) => return Err(LoadError::Other(format!("{}: {e}", source.shown()))),
+    };
+    let text = match &node {
+        Some(node) => merge(node, &shared).map_err(LoadError::Faults)?,
+        None => shared.clone(),
+    };
+    let config = crate::config::parse(&text).map_err(LoadError::Faults)?;
+    if revision > 0 {
+        if let Some(file) = &cache {
+            write_cache(file, &shared);
+        }
+    }
+    Ok(Loaded {
+        config,
+        node_file: node.map(|_| conf.to_path_buf()),
+        etcd: Some(Shared {
+            source,
+            slot: Arc::new(Mutex::new(shared)),
+            revision,
+            cache,
+        }),
+    })
+}
+
+impl Shared {
+    /// What a reload reads: the shared text the watch holds, merged with the node's file
+    /// read anew when there is one.
+    pub fn reader(
+        &self,
+        node_file: Option<PathBuf>,
+    ) -> Box<dyn Fn() -> Result<String, ConfigErrors> + Send + Sync> {
+        let slot = self.slot.clone();
+        Box::new(move || {
+            let shared = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let Some(path) = &node_file else {
+                return Ok(shared);
+            };
+            let node = std::fs::read_to_string(path).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(
+                    "",
+                    format!("cannot read {}: {e}", path.display()),
+                )])
+            })?;
+            merge(&node, &shared)
+        })
+    }
+}
+
+/// A small runtime for the calls made before the server runs (reads at start, a push).
+pub fn block_on<F: std::future::Future<Output = Result<T, String>>, T>(f: F) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(f)
 }
 
 /// The sections a shared config in etcd holds.
