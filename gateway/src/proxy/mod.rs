@@ -31,6 +31,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ACCESS_CONTROL_REQUEST_METHOD};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -147,6 +148,12 @@ impl ProxyHttp for Gateway {
             fail_hint: None,
         }
     }
+
+    /// Called once at start: the modules every request runs. By default Pingora adds its
+    /// response compression module, disabled, which still builds a context and runs its
+    /// hooks on every request. Here: none, since the gateway compresses nothing (response
+    /// compression, when it lands, is a module added here).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     /// Called for a request head Pingora's parser refused, before any other hook; by
     /// default Pingora answers a bare 400. Here: the envelope, 431 for too many or too
