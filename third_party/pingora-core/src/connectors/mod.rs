@@ -183,6 +183,25 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// Whether a pooled `stream` is connected to `peer`. For a TCP peer reached directly, by the
+/// peer address its socket digest recorded: the kernel is asked once per connection and the
+/// answer is kept, instead of a `getpeername` on every reuse. Otherwise as before.
+#[cfg(unix)]
+fn stream_goes_to<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if let (None, Some(want)) = (peer.get_proxy(), peer.address().as_inet()) {
+        let digest = stream.get_socket_digest();
+        if let Some(got) = digest.as_ref().and_then(|d| d.peer_addr()?.as_inet().copied()) {
+            // As check_fd_match: 0.0.0.0 as a destination may be mapped to 127.0.0.1.
+            if want.ip().is_unspecified() && want.is_ipv4() || got == *want {
+                return true;
+            }
+            error!("Crit: pooled connection mismatch: to {got}, wanted {want}");
+            return false;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
     pub fn new(mut options: Option<ConnectorOptions>) -> Self {
@@ -261,7 +280,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_goes_to(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
