@@ -713,11 +713,9 @@ pub struct OAuthProvider {
 
 impl OAuthProvider {
     pub fn start() -> OAuthProvider {
-        let port = free_port();
-        OAuthProvider {
-            child: Self::spawn(port),
-            port,
-        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oauth/provider.py");
+        let (child, port) = python_server(script, "/stats", "introspections");
+        OAuthProvider { child, port }
     }
 
     fn spawn(port: u16) -> Child {
@@ -825,6 +823,40 @@ impl Drop for OAuthProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Start a Python test server (`SCRIPT PORT`) on a free port; returns once a GET of `probe`
+/// answers with `marker` in it, so the port is known to be this server's. One that exits at
+/// start (its port was taken meanwhile) is started again on another port.
+fn python_server(script: &str, probe: &str, marker: &str) -> (Child, u16) {
+    let request = format!("GET {probe} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args([script, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with the test servers' packages (make test installs them)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            let answers = TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && raw(port, request.as_bytes(), Duration::from_millis(500)).contains(marker);
+            if answers {
+                return (child, port);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{script} did not answer on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("{script} could not start");
 }
 
 /// A real etcd server (Debian's etcd-server) on free ports of 127.0.0.1 with its own data
@@ -1040,22 +1072,8 @@ pub struct ConsulStandin {
 
 impl ConsulStandin {
     pub fn start() -> ConsulStandin {
-        let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/consul/standin.py");
-        let child = Command::new("python3")
-            .args([script, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the Consul stand-in did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (child, port) = python_server(script, "/admin/stats", "queries");
         ConsulStandin { child, port }
     }
 
@@ -1121,27 +1139,9 @@ pub struct Collector {
 
 impl Collector {
     pub fn start() -> Collector {
-        let port = free_port();
-        Collector {
-            child: Self::spawn(port),
-            port,
-        }
-    }
-
-    fn spawn(port: u16) -> Child {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otel/collector.py");
-        let child = Command::new("python3")
-            .args([script, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with opentelemetry-proto (make test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the collector did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
+        let (child, port) = python_server(script, "/exports", "[");
+        Collector { child, port }
     }
 
     /// The traces endpoint.
