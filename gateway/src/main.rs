@@ -322,6 +322,7 @@ fn main() -> ExitCode {
         None => Reloader::new(cli.conf.clone(), handle.clone(), cfg.clone()),
     });
     if let Some(shared) = &loaded.etcd {
+        shared.cache_now();
         server.add_service(GenBackgroundService::new(
             "config source".into(),
             Arc::new(EtcdWatch {

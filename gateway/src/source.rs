@@ -335,11 +335,6 @@ pub fn load(conf: &Path, cache: Option<PathBuf>) -> Result<Loaded, LoadError> {
         None => shared.clone(),
     };
     let config = crate::config::parse(&text).map_err(LoadError::Faults)?;
-    if revision > 0 {
-        if let Some(file) = &cache {
-            write_cache(file, &shared);
-        }
-    }
     Ok(Loaded {
         config,
         node_file: node.map(|_| conf.to_path_buf()),
@@ -353,6 +348,14 @@ pub fn load(conf: &Path, cache: Option<PathBuf>) -> Result<Loaded, LoadError> {
 }
 
 impl Shared {
+    /// Keep the shared config read from etcd in the cache file (a process that serves does
+    /// this at start; `-t` does not).
+    pub fn cache_now(&self) {
+        if let (Some(file), true) = (&self.cache, self.revision > 0) {
+            write_cache(file, &self.slot.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
     /// What a reload reads: the shared text the watch holds, merged with the node's file
     /// read anew when there is one.
     pub fn reader(
