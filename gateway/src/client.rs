@@ -167,21 +167,13 @@ impl Client {
         keep: Body,
     ) -> Result<Answer, CallError> {
         let mut answer = self.open(peer, req, body).await?;
-        let mut kept = BytesMut::new();
-        while let Some(chunk) = answer.chunk().await? {
-            if let Body::Keep(max) = keep {
-                if kept.len() + chunk.len() > max {
-                    return Err(CallError::TooLarge(max));
-                }
-                kept.extend_from_slice(&chunk);
-            }
-        }
+        let body = answer.read_to_end(keep).await?;
         self.connector
             .release_http_session(answer.session, peer, peer.idle_timeout())
             .await;
         Ok(Answer {
             status: answer.status,
-            body: kept.freeze(),
+            body,
         })
     }
 
@@ -238,6 +230,20 @@ pub struct Streaming {
 }
 
 impl Streaming {
+    /// The rest of the body, kept or dropped as `keep` says.
+    pub async fn read_to_end(&mut self, keep: Body) -> Result<Bytes, CallError> {
+        let mut kept = BytesMut::new();
+        while let Some(chunk) = self.chunk().await? {
+            if let Body::Keep(max) = keep {
+                if kept.len() + chunk.len() > max {
+                    return Err(CallError::TooLarge(max));
+                }
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        Ok(kept.freeze())
+    }
+
     /// The next piece of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, CallError> {
         self.session
