@@ -446,16 +446,12 @@ pub struct EtcdWatch {
     pub cache: Option<PathBuf>,
 }
 
-/// How long the watch waits after a failure, at first and at most.
-const MIN_PAUSE: Duration = Duration::from_millis(200);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
-
 #[async_trait]
 impl BackgroundService for EtcdWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let client = crate::client::Client::default();
         let mut applied = self.revision;
-        let mut pause = MIN_PAUSE;
+        let mut backoff = crate::clock::Backoff::new();
         let mut endpoint = 0usize;
         METRICS.config_source_revision.set(applied as i64);
         let apply = |text: String, revision: u64| {
@@ -475,24 +471,22 @@ impl BackgroundService for EtcdWatch {
             })
         };
         loop {
+            // Returns only when the read or the watch failed.
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
-                r = self.source.follow(&client, endpoint, &mut applied, &apply) => r,
+                r = self.source.follow(&client, endpoint, &mut backoff, &mut applied, &apply) => r,
             };
-            if let Err(e) = result {
-                METRICS.config_source_errors.inc();
-                log::warn!(
-                    "config source {}: {e}; the running config stays, trying again in {pause:?}",
-                    self.source.shown()
-                );
-                endpoint += 1;
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(MAX_PAUSE);
-            } else {
-                pause = MIN_PAUSE;
+            let Err(e) = result else { continue };
+            METRICS.config_source_errors.inc();
+            let pause = backoff.pause();
+            log::warn!(
+                "config source {}: {e}; the running config stays, trying again in {pause:?}",
+                self.source.shown()
+            );
+            endpoint += 1;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

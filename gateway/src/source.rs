@@ -149,16 +149,18 @@ impl EtcdSource {
     }
 
     /// Read the key, then follow its changes until the watch breaks; each new text goes to
-    /// `apply`. Returns only on an error.
+    /// `apply`. Returns only on an error; a read resets `backoff`.
     pub async fn follow(
         &self,
         client: &Client,
         endpoint: usize,
+        backoff: &mut crate::clock::Backoff,
         applied: &mut u64,
         apply: &impl Fn(String, u64) -> tokio::task::JoinHandle<()>,
     ) -> Result<(), String> {
         let session = self.etcd.session(client, endpoint).await?;
         let (kvs, revision) = session.range(self.key.as_bytes(), None).await?;
+        backoff.reset();
         match kvs.into_iter().next() {
             Some(kv) if kv.mod_revision != *applied => {
                 *applied = kv.mod_revision;

@@ -8,6 +8,7 @@
 
 use super::{backend, Upstream};
 use crate::client::{Client, Url};
+use crate::clock::Backoff;
 use crate::etcd::{prefix_end, Event, Kv};
 use crate::metrics::METRICS;
 use pingora::http::RequestHeader;
@@ -19,8 +20,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-const MIN_PAUSE: Duration = Duration::from_millis(200);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// An answer from a registry larger than this is refused.
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
@@ -70,7 +69,7 @@ impl Registry {
 /// Keep `up`'s targets in step with `registry` while the upstream lives.
 pub async fn watch(up: Weak<Upstream>, registry: Arc<Registry>) {
     let client = Client::default();
-    let mut pause = MIN_PAUSE;
+    let mut backoff = Backoff::new();
     let mut consul_index = 0u64;
     let mut endpoint = 0usize;
     loop {
@@ -80,7 +79,7 @@ pub async fn watch(up: Weak<Upstream>, registry: Arc<Registry>) {
         let result = match &*registry {
             Registry::Consul(c) => c.query(&client, &up, &mut consul_index).await,
             Registry::Etcd(e) => {
-                let r = e.sync(&client, endpoint, &up).await;
+                let r = e.sync(&client, endpoint, &up, &mut backoff).await;
                 if r.is_err() {
                     endpoint += 1;
                 }
@@ -88,13 +87,12 @@ pub async fn watch(up: Weak<Upstream>, registry: Arc<Registry>) {
             }
         };
         match result {
-            Ok(()) => pause = MIN_PAUSE,
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 let Some(u) = up.upgrade() else { return };
                 u.discovery_failed(&e);
                 drop(u);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
+                tokio::time::sleep(backoff.pause()).await;
             }
         }
     }
@@ -136,7 +134,10 @@ impl Consul {
             .open(&peer, req, None)
             .await
             .map_err(|e| e.to_string())?;
-        let body = read_all(&mut answer).await?;
+        let body = answer
+            .read_to_end(crate::client::Body::Keep(MAX_ANSWER))
+            .await
+            .map_err(|e| e.to_string())?;
         if answer.status != 200 {
             return Err(format!(
                 "status {}: {}",
@@ -198,16 +199,18 @@ impl Consul {
 
 impl Etcd {
     /// Read every key under the prefix, then follow the changes from that revision until
-    /// the watch breaks (an error) or the upstream is gone (`Ok`).
+    /// the watch breaks (an error) or the upstream is gone (`Ok`). A read resets `backoff`.
     async fn sync(
         &self,
         client: &Client,
         endpoint: usize,
         up: &Weak<Upstream>,
+        backoff: &mut Backoff,
     ) -> Result<(), String> {
         let session = self.etcd.session(client, endpoint).await?;
         let (prefix, end) = (self.prefix.as_bytes(), prefix_end(self.prefix.as_bytes()));
         let (kvs, mut revision) = session.range(prefix, Some(&end)).await?;
+        backoff.reset();
         let mut targets: BTreeMap<Vec<u8>, (SocketAddr, usize)> = BTreeMap::new();
         for kv in &kvs {
             if let Some(t) = self.target(kv) {
@@ -287,17 +290,6 @@ fn get(target: &str, url: &Url) -> Result<RequestHeader, String> {
     req.insert_header(http::header::ACCEPT, "application/json")
         .map_err(|e| e.to_string())?;
     Ok(req)
-}
-
-async fn read_all(answer: &mut crate::client::Streaming) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err("answer too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// An instance's address: an IP, or a name resolved now.
