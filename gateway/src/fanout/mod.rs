@@ -109,6 +109,7 @@ impl FanoutApp {
         b: &AggregateBackend,
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
+        traceparent: Option<HeaderValue>,
         target_seen: &OnceLock<SocketAddr>,
     ) -> Outcome {
         let up = &b.upstream;
@@ -126,7 +127,7 @@ impl FanoutApp {
             let _ = target_seen.set(*a);
         }
         let peer = up.peer(&target);
-        let result = self.fetch(&peer, path, headers).await;
+        let result = self.fetch(&peer, path, headers, traceparent).await;
         if let Some(br) = &up.breaker {
             br.record(result.is_ok(), probe);
         }
@@ -150,14 +151,18 @@ impl FanoutApp {
         peer: &pingora::upstreams::peer::HttpPeer,
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
+        traceparent: Option<HeaderValue>,
     ) -> Result<Value, (String, Fault)> {
-        let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1))
+        let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 2))
             .map_err(|e| (format!("bad request path {path:?}: {e}"), Fault::Answer))?;
         let host = peer.address().to_string();
         req.insert_header(http::header::HOST, host.as_str())
             .map_err(|e| (e.to_string(), Fault::Answer))?;
         for (name, value) in headers {
             let _ = req.insert_header(name.clone(), value.clone());
+        }
+        if let Some(tp) = traceparent {
+            let _ = req.insert_header(TRACEPARENT.clone(), tp);
         }
         let answer = self
             .client
@@ -227,43 +232,44 @@ impl FanoutApp {
 
         let deadline = Instant::now() + agg.timeout;
         let slots = Semaphore::new(agg.max_concurrency);
-        let calls =
-            agg.backends.iter().zip(paths).map(|(b, path)| {
-                let (slots, forward) = (&slots, &forward);
-                async move {
-                    let path = match path {
-                        Ok(p) => p,
-                        Err(e) => return (Outcome::Failed(e), String::new()),
-                    };
-                    let Ok(_slot) = slots.acquire().await else {
-                        return (Outcome::Failed("closed".into()), path);
-                    };
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let budget = b.timeout.map_or(left, |t| t.min(left));
-                    // The backend's parent: this call's span when traced, else the proxy's try.
-                    let span = trace.map(|_| Open::now());
-                    let mut headers = forward.clone();
-                    match (&trace, span) {
-                        (Some((tp, _)), Some(open)) => headers.push((
-                            TRACEPARENT.clone(),
-                            telemetry::traceparent(&tp.trace_id, &open.span_id, tp.flags),
-                        )),
-                        _ => headers.extend(incoming.map(|v| (TRACEPARENT.clone(), v.clone()))),
-                    }
-                    let target = OnceLock::new();
-                    let outcome =
-                        match tokio::time::timeout(budget, self.call(b, &path, &headers, &target))
-                            .await
-                        {
-                            Ok(o) => o,
-                            Err(_) => Outcome::TimedOut,
-                        };
-                    if let (Some((_, parent)), Some(open)) = (trace, span) {
-                        backend_span(parent, open, &agg.name, b, &path, target.get(), &outcome);
-                    }
-                    (outcome, path)
+        let calls = agg.backends.iter().zip(paths).map(|(b, path)| {
+            let (slots, forward) = (&slots, &forward);
+            async move {
+                let path = match path {
+                    Ok(p) => p,
+                    Err(e) => return (Outcome::Failed(e), String::new()),
+                };
+                let Ok(_slot) = slots.acquire().await else {
+                    return (Outcome::Failed("closed".into()), path);
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let budget = b.timeout.map_or(left, |t| t.min(left));
+                // The backend's parent: this call's span when traced, else the proxy's try.
+                let span = trace.map(|_| Open::now());
+                let traceparent = match (&trace, span) {
+                    (Some((tp, _)), Some(open)) => Some(telemetry::traceparent(
+                        &tp.trace_id,
+                        &open.span_id,
+                        tp.flags,
+                    )),
+                    _ => incoming.cloned(),
+                };
+                let target = OnceLock::new();
+                let outcome = match tokio::time::timeout(
+                    budget,
+                    self.call(b, &path, forward, traceparent, &target),
+                )
+                .await
+                {
+                    Ok(o) => o,
+                    Err(_) => Outcome::TimedOut,
+                };
+                if let (Some((_, parent)), Some(open)) = (trace, span) {
+                    backend_span(parent, open, &agg.name, b, &path, target.get(), &outcome);
                 }
-            });
+                (outcome, path)
+            }
+        });
         let outcomes = futures::future::join_all(calls).await;
 
         let mut data = Map::new();
