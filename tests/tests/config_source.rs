@@ -49,6 +49,18 @@ fn push(etcd: &EtcdServer, text: &str, key: &str) -> (bool, String) {
     )
 }
 
+/// `gateway -t -c SOURCE` with `envs` set (and `GATEWAY_ETCD_CA` unset unless given).
+fn check(source: &std::ffi::OsStr, envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    Command::new(gateway_bin())
+        .args(["-t", "-c"])
+        .arg(source)
+        .env_remove("GATEWAY_ETCD_CA")
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .output()
+        .unwrap()
+}
+
 async fn upstream_of(gw: &Gateway) -> String {
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -224,11 +236,7 @@ async fn a_whole_config_at_one_key() {
     assert!(push(&etcd, &whole("a"), "gw/whole").0);
     let source = format!("etcd://127.0.0.1:{}/gw/whole", etcd.port);
     // `-t` checks what the key holds.
-    let out = Command::new(gateway_bin())
-        .args(["-t", "-c", &source])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let out = check(source.as_ref(), &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -261,12 +269,7 @@ async fn the_shipped_cluster_demo_pushes_and_its_node_files_check() {
             .replace("127.0.0.1:2379", &format!("127.0.0.1:{}", etcd.port));
         let file = dir.path().join(n);
         std::fs::write(&file, text).unwrap();
-        let out = Command::new(gateway_bin())
-            .args(["-t", "-c"])
-            .arg(&file)
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
+        let out = check(file.as_os_str(), &[]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -294,15 +297,10 @@ async fn with_etcd_authentication_on_nodes_sign_in_and_discovery_too() {
     );
     etcd.put("/gw/auth", &whole, None).await;
     // Without the user, etcd refuses the read and the node does not start.
-    let anonymous = Command::new(gateway_bin())
-        .args([
-            "-t",
-            "-c",
-            &format!("etcd://127.0.0.1:{}/gw/auth", etcd.port),
-        ])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let anonymous = check(
+        format!("etcd://127.0.0.1:{}/gw/auth", etcd.port).as_ref(),
+        &[],
+    );
     assert!(!anonymous.status.success());
     let gw = s.start_source(
         &format!("etcd://root@127.0.0.1:{}/gw/auth", etcd.port),
@@ -356,19 +354,9 @@ async fn over_https_with_the_ca_named_and_refused_without_it() {
     let source = format!("etcds://127.0.0.1:{}/gw/tls", etcd.port);
 
     // Without the CA the certificate is not trusted: nothing is read.
-    let untrusting = Command::new(gateway_bin())
-        .args(["-t", "-c", &source])
-        .env_remove("GATEWAY_ETCD_CA")
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let untrusting = check(source.as_ref(), &[]);
     assert!(!untrusting.status.success());
-    let trusting = Command::new(gateway_bin())
-        .args(["-t", "-c", &source])
-        .env("GATEWAY_ETCD_CA", &ca_file)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let trusting = check(source.as_ref(), &[("GATEWAY_ETCD_CA", ca_file.as_os_str())]);
     assert!(
         trusting.status.success(),
         "{}",
