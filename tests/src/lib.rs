@@ -825,6 +825,18 @@ impl Drop for OAuthProvider {
     }
 }
 
+/// One request on a new connection, its answer as text; `None` on any socket error (a
+/// server still starting may refuse or reset the connection).
+fn ask(port: u16, request: &[u8]) -> Option<String> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Start a Python test server (`SCRIPT PORT`) on a free port; returns once a GET of `probe`
 /// answers with `marker` in it, so the port is known to be this server's. One that exits at
 /// start (its port was taken meanwhile) is started again on another port.
@@ -843,8 +855,7 @@ fn python_server(script: &str, probe: &str, marker: &str) -> (Child, u16) {
             if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
-            let answers = TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && raw(port, request.as_bytes(), Duration::from_millis(500)).contains(marker);
+            let answers = ask(port, request.as_bytes()).is_some_and(|a| a.contains(marker));
             if answers {
                 return (child, port);
             }
