@@ -42,7 +42,8 @@ deps-test: deps deps-oauth deps-otel
 
 deps-bench: deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null \
-		&& command -v strace >/dev/null || { apt-get update -q && $(APT_INSTALL) nginx-light wrk valgrind strace; }
+		&& command -v strace >/dev/null && command -v h2load >/dev/null \
+		|| { apt-get update -q && $(APT_INSTALL) nginx-light wrk valgrind strace nghttp2-client; }
 
 build: deps
 	$(CARGO) build --workspace --bins
@@ -126,6 +127,7 @@ load: deps-load release
 bench: deps-bench release
 	$(CARGO) build --release -p tests --bin demo-upstreams
 	python3 load-tests/bench.py
+	python3 load-tests/bench_tls.py
 	python3 load-tests/instructions.py
 	python3 load-tests/tracing.py
 	python3 load-tests/syscalls.py

@@ -11,8 +11,10 @@ proxy (system allocator, Pingora's default), the same with the gateway's allocat
 the same headers set, with fixed values, and the same upstream timeouts), the gateway's plain
 route and its full policy chain (the routes of bench.py).
 
-Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN, ACCESS_LOG and TRACING (as bench.py). Needs valgrind (`make bench`
-installs it). Everything listens on 127.0.0.1 only.
+Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN, ACCESS_LOG and TRACING (as bench.py);
+PROFILE=1 also prints, per subject, where the instructions go: each crate's share (self cost of
+its functions, after inlining) and the costliest functions, per request. Needs valgrind
+(`make bench` installs it). Everything listens on 127.0.0.1 only.
 """
 
 import glob
@@ -30,6 +32,58 @@ import bench  # noqa: E402
 from bench import GATEWAY_BIN, PINGORA_BIN, PINGORA_MI_BIN, free_port, nginx, stop_all, upstream_conf, wait_port  # noqa: E402
 
 REQUESTS = int(os.environ.get("REQUESTS", "2000"))
+PROFILE = os.environ.get("PROFILE", "") not in ("", "0")
+TOP = int(os.environ.get("TOP", "30"))
+
+# `crate::path::fn`, `<crate::Type as other::Trait>::fn`, `core::ptr::drop_in_place<crate::T>`:
+# the crate is the first path in the name, looked for past the generic wrappers of core/alloc
+# and past a generic `<T as crate::Trait>`.
+WRAPPERS = ("core::ptr::drop_in_place<", "alloc::sync::Arc<", "core::ops::function::FnOnce<")
+PREFIX = re.compile(r"^(?:[<&*(\[]|mut |const |dyn |[A-Z]\w*(?:,\s*\w+)*>? as )+")
+
+
+def crate_of(name):
+    if name.startswith(("0x", "???")):
+        return "(no symbol)"
+    if "::" not in name:
+        return "mimalloc" if name.startswith(("mi_", "_mi_")) else "libc"
+    for w in WRAPPERS:
+        if name.startswith(w) and re.match(r"[<&*]*[a-z_]\w*::", name[len(w):]):
+            name = name[len(w):]
+            break
+    name = PREFIX.sub("", name)
+    return re.split(r"::|<| |>", name, maxsplit=1)[0] or "(unknown)"
+
+
+def profile(dump, name):
+    """Self instructions per request by crate and by function, from one callgrind dump."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", dump],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"^\s*([\d,]+)\s.*PROGRAM TOTALS", out, re.M)
+    program = int(m.group(1).replace(",", "")) if m else 0
+    funcs = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:\S*?):(.+?)(?: \[[^\]]*\])?\s*$", line)
+        if m and not line.lstrip().startswith(("Ir", "--")):
+            n = int(m.group(1).replace(",", ""))
+            fn = m.group(2)
+            # The frames that were on a thread's stack at the dump (thread start, the worker's
+            # loop) carry their callees' cost: not self cost, left out.
+            if fn.strip() == "PROGRAM TOTALS" or n > program / 2:
+                continue
+            funcs.append((n, fn))
+    total = sum(n for n, _ in funcs)
+    by_crate = {}
+    for n, fn in funcs:
+        c = crate_of(fn)
+        by_crate[c] = by_crate.get(c, 0) + n
+    print(f"\n{name}: self instructions per request by crate")
+    for c, n in sorted(by_crate.items(), key=lambda kv: -kv[1]):
+        if n / REQUESTS >= 50:
+            print(f"  {n / REQUESTS:>9,.0f}  {100 * n / total:5.1f}%  {c}")
+    print(f"{name}: the {TOP} costliest functions (self, per request)")
+    for n, fn in sorted(funcs, key=lambda t: -t[0])[:TOP]:
+        print(f"  {n / REQUESTS:>9,.0f}  {fn[:150]}")
 
 
 def nginx_proxy_conf(d, port, up):
@@ -66,6 +120,8 @@ def count(cmd, port, path, headers, d, name, env=None):
                 text = open(dumps[0]).read()
                 m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
                 if m:
+                    if PROFILE:
+                        profile(dumps[0], name)
                     return int(m.group(1)) / REQUESTS
             time.sleep(0.2)
         sys.exit(f"{name}: no callgrind dump")
