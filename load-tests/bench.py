@@ -255,16 +255,17 @@ def wrk(port, path="/bench", headers=()):
     }
 
 
-def print_ratios(cost):
-    """The ratios between the subjects' costs per request, with the goals."""
+def print_ratios(cost, nginx_goal=1.5):
+    """The ratios between the subjects' costs per request, with the goals (plain / nginx: 1.5 in
+    CPU time, 3 in instructions)."""
     print(f"  pingora / nginx   {cost['pingora'] / cost['nginx']:.2f}")
-    print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}   (<= 1.05)")
+    print(f"  plain / pingora   {cost['plain'] / cost['pingora']:.2f}")
     for floor, what in (("pingora-mi", "the same allocator"),
                         ("pingora-mi+work", "the same allocator, headers and timeouts")):
         if floor in cost:
             print(f"  plain / {floor:<15} {cost['plain'] / cost[floor]:.2f}   (bare Pingora with {what})")
     print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
-    print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= 1.00)")
+    print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= {nginx_goal})")
 
 
 def measure(port, pids, path="/bench", headers=()):

@@ -172,7 +172,7 @@ def main():
         for name, n in results.items():
             print(f"  {name:<15} {n:>10,.0f}")
         print("ratios (goal in brackets)")
-        bench.print_ratios(results)
+        bench.print_ratios(results, nginx_goal=3)
         return 0
     finally:
         stop_all(procs, d, lambda p: signal.SIGQUIT)
