@@ -44,7 +44,7 @@ pub async fn plain(
     for (name, value) in headers {
         resp.insert_header(name, value)?;
     }
-    resp.insert_header("x-request-id", ctx.ids.request_id.clone())?;
+    resp.insert_header(&crate::wire::X_REQUEST_ID, ctx.ids.request_id.clone())?;
     if request_has_body(session.req_header()) {
         session.set_keepalive(None);
     }

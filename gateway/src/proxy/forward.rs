@@ -6,7 +6,7 @@ use super::head::{path_and_query, peer_ip, request_host};
 use super::Ctx;
 use crate::runtime::Route;
 use crate::upstream::HashKey;
-use crate::wire::{X_AGGREGATE, X_CLAIMS, X_REQUEST_ID, X_ROUTE};
+use crate::wire::{TRACEPARENT, X_AGGREGATE, X_CLAIMS, X_REQUEST_ID, X_ROUTE};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
@@ -15,7 +15,11 @@ use pingora::{Error, ErrorType, Result};
 use plugins::HeaderTarget;
 use std::net::IpAddr;
 
+// Inserted as names, not text: Pingora then stores them without parsing them again
+// (third_party/patches/pingora-http/0001).
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Run `f` on the bytes of a hash key (`header:NAME`, `ip`, `path`) of this request. `ip` is
 /// the client's address as resolved through `server.trusted_proxies`, not the socket peer:
@@ -96,22 +100,22 @@ pub fn forwarding_headers(
         }
         v.extend_from_slice(plugins::ipfilter::IpText::new(ip).as_str().as_bytes());
         if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-            up.insert_header("x-forwarded-for", xff)?;
+            up.insert_header(&X_FORWARDED_FOR, xff)?;
         }
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     up.insert_header(
-        "x-forwarded-proto",
+        &X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     )?;
     let host = authority
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| session.req_header().headers.get(HOST).cloned());
     if let Some(h) = host {
-        up.insert_header("x-forwarded-host", h)?;
+        up.insert_header(&X_FORWARDED_HOST, h)?;
     }
-    up.insert_header("x-request-id", ctx.ids.request_id.clone())?;
-    up.insert_header("traceparent", ctx.ids.traceparent(ctx.attempt.span_id()))?;
+    up.insert_header(&X_REQUEST_ID, ctx.ids.request_id.clone())?;
+    up.insert_header(&TRACEPARENT, ctx.ids.traceparent(ctx.attempt.span_id()))?;
     Ok(())
 }
 

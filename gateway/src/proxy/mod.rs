@@ -341,7 +341,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         ctx.policies_see(upstream_response, true);
-        upstream_response.insert_header("x-request-id", ctx.ids.request_id.clone())?;
+        upstream_response.insert_header(&crate::wire::X_REQUEST_ID, ctx.ids.request_id.clone())?;
         Ok(())
     }
 
