@@ -42,11 +42,15 @@ WRAPPERS = ("core::ptr::drop_in_place<", "alloc::sync::Arc<", "core::ops::functi
 PREFIX = re.compile(r"^(?:[<&*(\[]|mut |const |dyn |[A-Z]\w*(?:,\s*\w+)*>? as )+")
 
 
-def crate_of(name):
+def crate_of(name, obj=""):
+    """The crate of a function; outside Rust, its shared library or the program itself."""
+    lib = os.path.basename(obj)
+    if ".so" in lib:
+        return lib.split(".so")[0]
     if name.startswith(("0x", "???")):
-        return "(no symbol)"
+        return f"{lib or '(no symbol)'}, no symbol"
     if "::" not in name:
-        return "mimalloc" if name.startswith(("mi_", "_mi_")) else "libc"
+        return "mimalloc" if name.startswith(("mi_", "_mi_")) else lib or "(unknown)"
     for w in WRAPPERS:
         if name.startswith(w) and re.match(r"[<&*]*[a-z_]\w*::", name[len(w):]):
             name = name[len(w):]
@@ -63,7 +67,7 @@ def profile(dump, name):
     program = int(m.group(1).replace(",", "")) if m else 0
     funcs = []
     for line in out.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:\S*?):(.+?)(?: \[[^\]]*\])?\s*$", line)
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:\S*?):(.+?)(?: \[([^\]]*)\])?\s*$", line)
         if m and not line.lstrip().startswith(("Ir", "--")):
             n = int(m.group(1).replace(",", ""))
             fn = m.group(2)
@@ -71,18 +75,18 @@ def profile(dump, name):
             # loop) carry their callees' cost: not self cost, left out.
             if fn.strip() == "PROGRAM TOTALS" or n > program / 2:
                 continue
-            funcs.append((n, fn))
-    total = sum(n for n, _ in funcs)
+            funcs.append((n, fn, m.group(3) or ""))
+    total = sum(n for n, _, _ in funcs)
     by_crate = {}
-    for n, fn in funcs:
-        c = crate_of(fn)
+    for n, fn, obj in funcs:
+        c = crate_of(fn, obj)
         by_crate[c] = by_crate.get(c, 0) + n
     print(f"\n{name}: self instructions per request by crate")
     for c, n in sorted(by_crate.items(), key=lambda kv: -kv[1]):
         if n / REQUESTS >= 50:
             print(f"  {n / REQUESTS:>9,.0f}  {100 * n / total:5.1f}%  {c}")
     print(f"{name}: the {TOP} costliest functions (self, per request)")
-    for n, fn in sorted(funcs, key=lambda t: -t[0])[:TOP]:
+    for n, fn, _ in sorted(funcs, key=lambda t: -t[0])[:TOP]:
         print(f"  {n / REQUESTS:>9,.0f}  {fn[:150]}")
 
 
