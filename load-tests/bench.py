@@ -11,6 +11,8 @@ machine hits all alike:
   chain     the same gateway process, a route with the full policy chain: JWT (HS256),
             two rate limits (sliding window and token bucket, never reached), an upstream
             with a circuit breaker and retries, metrics; access log off
+  plain+log a second gateway process, the plain route with its access log written to a file
+            (the default line), so the log's cost is a ratio within one run
 
 For each round: requests/s, p50 and p99 latency, the proxy's CPU microseconds per request
 (user+system CPU time over the run / requests: valid even when wrk, not the proxy, is the
@@ -174,10 +176,11 @@ http {{
 """
 
 
-def server_block(d, port, extra=""):
-    """The gateway's `server:` block for the benches: one worker, the access log as ACCESS_LOG
-    says (off; `file` writes it to the bench's directory)."""
-    log = f"{d}/access.log" if ACCESS_LOG == "file" else ACCESS_LOG
+def server_block(d, port, extra="", access_log=None):
+    """The gateway's `server:` block for the benches: one worker, the access log as
+    `access_log` or else ACCESS_LOG says (off; `file` writes it to the bench's directory)."""
+    access_log = access_log or ACCESS_LOG
+    log = f"{d}/access.log" if access_log == "file" else access_log
     return f"""
 server:
   listen: ["127.0.0.1:{port}"]
@@ -198,10 +201,10 @@ def tracing_block(up, tracing):
             f'sample_ratio: {float(tracing)} }}\n')
 
 
-def gateway_conf(d, port, up, tracing=None):
+def gateway_conf(d, port, up, tracing=None, access_log=None):
     quota = f", headers: {QUOTA_HEADERS}" if QUOTA_HEADERS else ""
     block = tracing_block(up, TRACING if tracing is None else tracing)
-    return server_block(d, port, block) + f"""upstreams:
+    return server_block(d, port, block, access_log) + f"""upstreams:
   up:
     targets: [{{ addr: "127.0.0.1:{up}" }}]
   guarded:
@@ -265,6 +268,8 @@ def print_ratios(cost, nginx_goal=1.5):
         if floor in cost:
             print(f"  plain / {floor:<15} {cost['plain'] / cost[floor]:.2f}   (bare Pingora with {what})")
     print(f"  chain / plain     {cost['chain'] / cost['plain']:.2f}   (<= 1.15)")
+    if "plain+log" in cost:
+        print(f"  plain+log / plain {cost['plain+log'] / cost['plain']:.2f}   (<= 1.10)")
     print(f"  plain / nginx     {cost['plain'] / cost['nginx']:.2f}   (<= {nginx_goal})")
 
 
@@ -301,8 +306,18 @@ def main():
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet,
         )
         procs.append(bare)
+        lport, logdir = free_port(), os.path.join(d, "log")
+        os.makedirs(logdir)
+        with open(os.path.join(logdir, "gateway.yaml"), "w") as f:
+            f.write(gateway_conf(logdir, lport, up, access_log="file"))
+        gw_log = subprocess.Popen(
+            ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(logdir, "gateway.yaml")],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(logdir, "gateway.err"), "w"), env=quiet,
+        )
+        procs.append(gw_log)
         wait_port(gport)
         wait_port(pport)
+        wait_port(lport)
         nginx_pids = [nx.pid] + children(nx.pid)
         auth = (f"Authorization: Bearer {jwt_token()}",)
         subjects = [
@@ -310,6 +325,7 @@ def main():
             ("pingora", pport, [bare.pid], "/bench", ()),
             ("plain", gport, [gw.pid], "/bench", ()),
             ("chain", gport, [gw.pid], "/chain", auth),
+            ("plain+log", lport, [gw_log.pid], "/bench", ()),
         ]
         # Warm every subject up: connection pools, caches, page faults.
         for _, port, _, path, headers in subjects:
@@ -320,20 +336,20 @@ def main():
         results = {s[0]: [] for s in subjects}
         print(f"{ROUNDS} rounds x {DURATION}s, {CONNECTIONS} keep-alive connections, proxy on core 0, "
               f"upstream nginx and wrk on core 1")
-        print(f"{'round':>5} {'proxy':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
+        print(f"{'round':>5} {'proxy':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
               f"{'peak MiB':>9} {'errors':>7}")
         for i in range(ROUNDS):
             order = subjects if i % 2 == 0 else list(reversed(subjects))
             for name, port, pids, path, headers in order:
                 r = measure(port, pids, path, headers)
                 results[name].append(r)
-                print(f"{i + 1:>5} {name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+                print(f"{i + 1:>5} {name:<9} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
                       f"{r['cpu_us_per_req']:>11.2f} {r['peak_rss_mib']:>9.1f} {r['errors']:>7} {r['socket_errors']}")
         med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
                for n, rs in results.items()}
         print("\nmedians")
         for n, m in med.items():
-            print(f"  {n:<8} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
+            print(f"  {n:<9} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
                   f"{m['cpu_us_per_req']:.2f} CPU us/req")
         print("\nCPU per request, ratios (goal in brackets)")
         print_ratios({n: m["cpu_us_per_req"] for n, m in med.items()})

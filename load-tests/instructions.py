@@ -9,7 +9,8 @@ thread) divided by the requests. Subjects: nginx (one worker, no master), the ba
 proxy (system allocator, Pingora's default), the same with the gateway's allocator
 (`pingora-mi`), that one also asking of Pingora what the plain route asks (`pingora-mi+work`:
 the same headers set, with fixed values, and the same upstream timeouts), the gateway's plain
-route and its full policy chain (the routes of bench.py).
+route, the same with its access log written to a file (`plain+log`), and its full policy chain
+(the routes of bench.py).
 
 Environment: REQUESTS (2000), GATEWAY_BIN, PINGORA_BIN, ACCESS_LOG and TRACING (as bench.py);
 PROFILE=1 also prints, per subject, where the instructions go: each crate's share (self cost of
@@ -167,6 +168,10 @@ def main():
             f.write(bench.gateway_conf(d, port, up))
         env = {**os.environ, "RUST_LOG": "error", "BENCH_JWT_SECRET": bench.JWT_SECRET}
         results["plain"] = count([GATEWAY_BIN, "-c", yaml], port, "/bench", {}, d, "plain", env)
+        port = free_port()
+        with open(yaml, "w") as f:
+            f.write(bench.gateway_conf(d, port, up, access_log="file"))
+        results["plain+log"] = count([GATEWAY_BIN, "-c", yaml], port, "/bench", {}, d, "plain-log", env)
         port = free_port()
         with open(yaml, "w") as f:
             f.write(bench.gateway_conf(d, port, up))
