@@ -282,6 +282,41 @@ def measure(port, pids, path="/bench", headers=()):
     return r
 
 
+def start_gateway(workdir, conf_text, env=None):
+    """The gateway serving `conf_text` (written to WORKDIR/gateway.yaml), pinned to core 0."""
+    conf = os.path.join(workdir, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    return subprocess.Popen(
+        ["taskset", "-c", "0", GATEWAY_BIN, "-c", conf],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "gateway.err"), "w"),
+        env={**os.environ, "RUST_LOG": "error", **(env or {})},
+    )
+
+
+def run_rounds(subjects, measure_one, label="proxy", width=9):
+    """ROUNDS rounds over `subjects` (tuples naming the subject first), in reverse order every
+    other round; prints each result, and returns the medians per subject and the count of
+    failed requests."""
+    results = {s[0]: [] for s in subjects}
+    print(f"{'round':>5} {label:<{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
+          f"{'peak MiB':>9} {'errors':>7}")
+    for i in range(ROUNDS):
+        for subject in (subjects if i % 2 == 0 else list(reversed(subjects))):
+            r = measure_one(subject)
+            results[subject[0]].append(r)
+            print(f"{i + 1:>5} {subject[0]:<{width}} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+                  f"{r['cpu_us_per_req']:>11.2f} {r['peak_rss_mib']:>9.1f} {r['errors']:>7} "
+                  f"{r.get('socket_errors', '')}")
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+           for n, rs in results.items()}
+    print("\nmedians")
+    for n, m in med.items():
+        print(f"  {n:<{width}} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
+              f"{m['cpu_us_per_req']:.2f} CPU us/req")
+    return med, sum(r["errors"] for rs in results.values() for r in rs)
+
+
 def main():
     require(("nginx", "wrk", "taskset"), (GATEWAY_BIN, PINGORA_BIN))
     d = tempfile.mkdtemp(prefix="gw-bench-")
@@ -293,27 +328,17 @@ def main():
         nx = nginx(proxy_conf(d, nport, up), d, "proxy")
         procs.append(nx)
         wait_port(nport)
-        with open(os.path.join(d, "gateway.yaml"), "w") as f:
-            f.write(gateway_conf(d, gport, up))
-        quiet = {**os.environ, "RUST_LOG": "error", "BENCH_JWT_SECRET": JWT_SECRET}
-        gw = subprocess.Popen(
-            ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(d, "gateway.yaml")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gateway.err"), "w"), env=quiet,
-        )
+        gw = start_gateway(d, gateway_conf(d, gport, up), {"BENCH_JWT_SECRET": JWT_SECRET})
         procs.append(gw)
         bare = subprocess.Popen(
             ["taskset", "-c", "0", PINGORA_BIN, f"127.0.0.1:{pport}", f"127.0.0.1:{up}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "error"},
         )
         procs.append(bare)
         lport, logdir = free_port(), os.path.join(d, "log")
         os.makedirs(logdir)
-        with open(os.path.join(logdir, "gateway.yaml"), "w") as f:
-            f.write(gateway_conf(logdir, lport, up, access_log="file"))
-        gw_log = subprocess.Popen(
-            ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(logdir, "gateway.yaml")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(logdir, "gateway.err"), "w"), env=quiet,
-        )
+        gw_log = start_gateway(logdir, gateway_conf(logdir, lport, up, access_log="file"),
+                               {"BENCH_JWT_SECRET": JWT_SECRET})
         procs.append(gw_log)
         wait_port(gport)
         wait_port(pport)
@@ -333,28 +358,12 @@ def main():
             for h in headers:
                 cmd += ["-H", h]
             subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True)
-        results = {s[0]: [] for s in subjects}
         print(f"{ROUNDS} rounds x {DURATION}s, {CONNECTIONS} keep-alive connections, proxy on core 0, "
               f"upstream nginx and wrk on core 1")
-        print(f"{'round':>5} {'proxy':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
-              f"{'peak MiB':>9} {'errors':>7}")
-        for i in range(ROUNDS):
-            order = subjects if i % 2 == 0 else list(reversed(subjects))
-            for name, port, pids, path, headers in order:
-                r = measure(port, pids, path, headers)
-                results[name].append(r)
-                print(f"{i + 1:>5} {name:<9} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
-                      f"{r['cpu_us_per_req']:>11.2f} {r['peak_rss_mib']:>9.1f} {r['errors']:>7} {r['socket_errors']}")
-        med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
-               for n, rs in results.items()}
-        print("\nmedians")
-        for n, m in med.items():
-            print(f"  {n:<9} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
-                  f"{m['cpu_us_per_req']:.2f} CPU us/req")
+        med, failed = run_rounds(subjects, lambda s: measure(s[1], s[2], s[3], s[4]))
         print("\nCPU per request, ratios (goal in brackets)")
         print_ratios({n: m["cpu_us_per_req"] for n, m in med.items()})
         print(f"  requests/s plain / nginx  {med['plain']['rps'] / med['nginx']['rps']:.2f}")
-        failed = sum(r["errors"] for rs in results.values() for r in rs)
         if failed:
             print(f"\n{failed} non-2xx responses during the run")
             return 1

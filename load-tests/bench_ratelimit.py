@@ -25,7 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (CLK_TCK, GATEWAY_BIN, ROOT, cpu_ticks, free_port, nginx, peak_rss_kib,  # noqa: E402
-                   require, server_block, stop_all, upstream_conf, wait_port)
+                   require, server_block, start_gateway, stop_all, upstream_conf, wait_port)
 
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
@@ -83,13 +83,7 @@ def main():
     try:
         procs.append(nginx(upstream_conf(d, up), d, "upstream"))
         wait_port(up)
-        with open(os.path.join(d, "gateway.yaml"), "w") as f:
-            f.write(gateway_conf(d, gport, up))
-        gw = subprocess.Popen(
-            ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(d, "gateway.yaml")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gateway.err"), "w"),
-            env={**os.environ, "RUST_LOG": "error"},
-        )
+        gw = start_gateway(d, gateway_conf(d, gport, up))
         procs.append(gw)
         wait_port(gport)
         base = f"http://127.0.0.1:{gport}"

@@ -23,7 +23,6 @@ installs them). Everything listens on 127.0.0.1 only.
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 from bench import (CLK_TCK, CONNECTIONS, DURATION, GATEWAY_BIN, NGINX_COMMON, ROUNDS,  # noqa: E402
-                   children, cpu_ticks, free_port, nginx, peak_rss_kib, server_block, stop_all,
-                   upstream_conf, wait_port)
+                   children, cpu_ticks, free_port, nginx, peak_rss_kib, run_rounds, server_block,
+                   start_gateway, stop_all, upstream_conf, wait_port)
 
 H2_CONNECTIONS = int(os.environ.get("H2_CONNECTIONS", "10"))
 H2_STREAMS = int(os.environ.get("H2_STREAMS", "10"))
@@ -154,13 +153,7 @@ def main():
         nx = nginx(nginx_tls_conf(d, nport, up, crt, key), d, "proxy")
         procs.append(nx)
         wait_port(nport)
-        with open(os.path.join(d, "gateway.yaml"), "w") as f:
-            f.write(gateway_tls_conf(d, gport, up, crt, key))
-        gw = subprocess.Popen(
-            ["taskset", "-c", "0", GATEWAY_BIN, "-c", os.path.join(d, "gateway.yaml")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gateway.err"), "w"),
-            env={**os.environ, "RUST_LOG": "error"},
-        )
+        gw = start_gateway(d, gateway_tls_conf(d, gport, up, crt, key))
         procs.append(gw)
         wait_port(gport)
         nginx_pids = [nx.pid] + children(nx.pid)
@@ -169,29 +162,14 @@ def main():
                     for proxy, port, pids in (("nginx", nport, nginx_pids), ("gateway", gport, [gw.pid]))]
         for _, proto, port, _ in subjects:  # warm-up: pools, session caches, page faults
             run_h1(port, 2, 10) if proto == "h1" else run_h2(port, 2)
-        results = {s[0]: [] for s in subjects}
         print(f"{ROUNDS} rounds x {DURATION}s over TLS; h1: {CONNECTIONS} keep-alive connections (wrk); "
               f"h2: {H2_CONNECTIONS} connections x {H2_STREAMS} streams (h2load); proxy on core 0, "
               f"upstream nginx and the client on core 1")
-        print(f"{'round':>5} {'subject':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
-              f"{'peak MiB':>9} {'errors':>7}")
-        for i in range(ROUNDS):
-            for name, proto, port, pids in (subjects if i % 2 == 0 else list(reversed(subjects))):
-                r = measure(proto, port, pids)
-                results[name].append(r)
-                print(f"{i + 1:>5} {name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
-                      f"{r['cpu_us_per_req']:>11.2f} {r['peak_rss_mib']:>9.1f} {r['errors']:>7}")
-        med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
-               for n, rs in results.items()}
-        print("\nmedians")
-        for n, m in med.items():
-            print(f"  {n:<12} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  "
-                  f"{m['cpu_us_per_req']:.2f} CPU us/req")
+        med, failed = run_rounds(subjects, lambda s: measure(s[1], s[2], s[3]), "subject", 12)
         print("\nCPU per request, gateway / nginx (goal in brackets)")
         for proto, goal in GOALS.items():
             ratio = med[f"gateway-{proto}"]["cpu_us_per_req"] / med[f"nginx-{proto}"]["cpu_us_per_req"]
             print(f"  TLS {proto}   {ratio:.2f}   (<= {goal})")
-        failed = sum(r["errors"] for rs in results.values() for r in rs)
         if failed:
             print(f"\n{failed} failed requests during the run")
             return 1
