@@ -1,7 +1,7 @@
 //! Routing, header handling, gateway errors and the access log, through the real binary.
 
 use std::time::Duration;
-use tests::{assert_envelope, client, get_json, raw, Gateway, Upstream};
+use tests::{assert_envelope, client, get_json, raw, raw_sequence, Gateway, Upstream};
 
 fn upstream_yaml(ups: &[(&str, &Upstream)]) -> String {
     let mut s = String::from("upstreams:\n");
@@ -244,6 +244,60 @@ async fn upstream_errors_pass_through_untouched() {
     assert_eq!(status, 503);
     assert_eq!(body["upstream"], "u", "the upstream's own body: {body}");
     assert_eq!(headers["x-upstream"], "u");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_stay_at_the_gateway() {
+    let u = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        "{}routes:\n  - {{ name: r, upstream: u }}\n",
+        upstream_yaml(&[("u", &u)])
+    ));
+    let hop = [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "http2-settings",
+        "x-nominated",
+    ];
+    // Each hop-by-hop field alone, then all of them with a Connection header that names one
+    // more: none reaches the upstream; the end-to-end fields do, whatever their case.
+    let single: [&[u8]; 6] = [
+        b"Keep-Alive: timeout=5\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+        b"Proxy-Authorization: Basic Zm9vOmJhcg==\r\n",
+        b"TE: trailers\r\n",
+        b"Trailer: x-t\r\n",
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+    ];
+    let all: Vec<u8> = single.concat();
+    let nominating = [&all[..], b"Connection: X-Nominated\r\nX-Nominated: 1\r\n"].concat();
+    for fields in single.iter().copied().chain([&nominating[..]]) {
+        let req = [
+            &b"GET /x HTTP/1.1\r\nHost: a\r\nX-Kept: yes\r\nX-CamelCase: 2\r\n"[..],
+            fields,
+            b"\r\n",
+        ]
+        .concat();
+        let answers = raw_sequence(gw.port, &[&req]);
+        assert!(answers[0].starts_with("HTTP/1.1 200"), "{answers:?}");
+        let h = u.last().unwrap().headers;
+        for name in hop {
+            assert!(!h.contains_key(name), "{name} reached the upstream: {h:?}");
+        }
+        assert_eq!(h["x-kept"], "yes", "{h:?}");
+        assert_eq!(h["x-camelcase"], "2", "{h:?}");
+    }
+    // A request with none of them passes as it came.
+    let answers = raw_sequence(
+        gw.port,
+        &[b"GET /x HTTP/1.1\r\nHost: a\r\nX-Kept: yes\r\nAccept: */*\r\n\r\n"],
+    );
+    assert!(answers[0].starts_with("HTTP/1.1 200"), "{answers:?}");
+    let h = u.last().unwrap().headers;
+    assert_eq!((h["x-kept"].as_str(), h["accept"].as_str()), ("yes", "*/*"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
