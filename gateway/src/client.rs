@@ -62,6 +62,17 @@ impl Url {
     }
 
     /// A peer for one call: the host resolved now, connect and read bounded by `timeout`.
+    /// A GET of `target` on this server, asking for JSON.
+    pub fn json_get(&self, target: &str) -> Result<RequestHeader, String> {
+        let text = |e: Box<pingora::Error>| e.to_string();
+        let mut req = RequestHeader::build("GET", target.as_bytes(), Some(3)).map_err(text)?;
+        req.insert_header(http::header::HOST, self.host_header())
+            .map_err(text)?;
+        req.insert_header(http::header::ACCEPT, "application/json")
+            .map_err(text)?;
+        Ok(req)
+    }
+
     pub async fn peer(
         &self,
         timeout: Duration,
@@ -142,12 +153,7 @@ impl Client {
         max: usize,
     ) -> Result<Bytes, String> {
         let peer = url.peer(timeout, ca).await?;
-        let mut req = RequestHeader::build("GET", url.target.as_bytes(), Some(2))
-            .map_err(|e| e.to_string())?;
-        req.insert_header(http::header::HOST, url.host_header())
-            .map_err(|e| e.to_string())?;
-        req.insert_header(http::header::ACCEPT, "application/json")
-            .map_err(|e| e.to_string())?;
+        let req = url.json_get(&url.target)?;
         let answer = self
             .call(&peer, req, None, Body::Keep(max))
             .await

@@ -29,6 +29,7 @@ use crate::telemetry::{ExportSettings, Tracer};
 use crate::upstream::registry::{Consul, Etcd, Registry};
 use crate::upstream::resolve;
 use crate::upstream::{HashKey, UpstreamParts};
+use pingora::protocols::tls::CaType;
 use plugins::claims::ForwardClaims;
 use plugins::cors::Cors;
 use plugins::ipfilter::IpFilter;
@@ -39,17 +40,12 @@ use plugins::{HeaderOps, HeaderRules};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Read and parse a config file (the file format only; [`compile`] checks the rest).
 pub fn read(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError::new(
-            "",
-            format!("cannot read {}: {e}", path.display()),
-        )])
-    })?;
-    parse(&text)
+    parse(&crate::config::read_text(path)?)
 }
 
 /// Compile a parsed config: the runtime, or every fault with its YAML path. `previous` is
@@ -147,13 +143,7 @@ pub fn check(config: &Config) -> Result<Parts, ConfigErrors> {
         errs.push(ConfigError::new("server.admin_token", "must not be empty"));
     }
     if let Some(var) = &s.admin_token_env {
-        match std::env::var(var) {
-            Ok(v) if !v.is_empty() => {}
-            _ => errs.push(ConfigError::new(
-                "server.admin_token_env",
-                format!("environment variable {var} is not set"),
-            )),
-        }
+        env_value(&mut errs, "server.admin_token_env".into(), var, false);
     }
     nonzero(
         &mut errs,
@@ -795,23 +785,10 @@ fn check_discovery(
         }
     }
     let env = |errs: &mut Vec<ConfigError>, key: &str, var: &Option<String>| {
-        var.as_ref().and_then(|v| match std::env::var(v) {
-            Ok(value) => Some(value),
-            Err(_) => {
-                errs.push(ConfigError::new(
-                    format!("{p}.{key}"),
-                    format!("environment variable {v} is not set"),
-                ));
-                None
-            }
-        })
+        var.as_ref()
+            .and_then(|v| env_value(errs, format!("{p}.{key}"), v, true))
     };
-    let ca = match &d.ca_file {
-        Some(f) => crate::upstream::load_ca(f)
-            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
-            .ok(),
-        None => None,
-    };
+    let ca = ca_file(errs, p, &d.ca_file);
     let timeout = Duration::from_millis(d.timeout_ms.max(1));
     nonzero(errs, p, &[("timeout_ms", d.timeout_ms)], AT_LEAST_ONE);
     match d.kind {
@@ -934,12 +911,8 @@ fn check_tracing(errs: &mut Vec<ConfigError>, p: &str, t: &TracingConfig) -> Opt
         .collect();
     for (name, var) in &t.headers_env {
         let at = format!("{p}.headers_env.{name}");
-        match std::env::var(var) {
-            Ok(value) => values.push((name, value, at)),
-            Err(_) => errs.push(ConfigError::new(
-                at,
-                format!("environment variable {var} is not set"),
-            )),
+        if let Some(value) = env_value(errs, at.clone(), var, true) {
+            values.push((name, value, at));
         }
     }
     for (name, value, at) in values {
@@ -975,12 +948,7 @@ fn check_tracing(errs: &mut Vec<ConfigError>, p: &str, t: &TracingConfig) -> Opt
             "must not be empty",
         ));
     }
-    let ca = match &t.ca_file {
-        Some(f) => crate::upstream::load_ca(f)
-            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
-            .ok(),
-        None => None,
-    };
+    let ca = ca_file(errs, p, &t.ca_file);
     if errs.len() > before {
         return None;
     }
@@ -1098,6 +1066,30 @@ fn check_rate_limit(
 }
 
 const AT_LEAST_ONE: &str = "must be at least 1";
+
+/// The value of environment variable `var`, which the key at `at` names; a fault there when
+/// it is not set (or, unless `empty_ok`, empty).
+fn env_value(errs: &mut Vec<ConfigError>, at: String, var: &str, empty_ok: bool) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if empty_ok || !v.is_empty() => Some(v),
+        _ => {
+            errs.push(ConfigError::new(
+                at,
+                format!("environment variable {var} is not set"),
+            ));
+            None
+        }
+    }
+}
+
+/// The CA bundle `file` names (the `ca_file` key under `p`); a fault there when it cannot
+/// be read.
+fn ca_file(errs: &mut Vec<ConfigError>, p: &str, file: &Option<String>) -> Option<Arc<CaType>> {
+    let f = file.as_ref()?;
+    crate::upstream::load_ca(f)
+        .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
+        .ok()
+}
 const ABOVE_ZERO: &str = "must be greater than 0";
 
 fn check_host_pattern(h: &str) -> Result<(), String> {
@@ -1143,16 +1135,7 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
     }
     let secret = match (&o.client_secret, &o.client_secret_env) {
         (Some(s), None) => Some(s.expose().to_string()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Some(v),
-            _ => {
-                errs.push(ConfigError::new(
-                    format!("{p}.client_secret_env"),
-                    format!("environment variable {var} is not set"),
-                ));
-                None
-            }
-        },
+        (None, Some(var)) => env_value(errs, format!("{p}.client_secret_env"), var, false),
         _ => {
             errs.push(ConfigError::new(
                 p,
@@ -1161,12 +1144,7 @@ fn check_oauth2(errs: &mut Vec<ConfigError>, p: &str, o: &OAuth2Config) -> Optio
             None
         }
     };
-    let ca = match &o.ca_file {
-        Some(f) => crate::upstream::load_ca(f)
-            .map_err(|e| errs.push(ConfigError::new(format!("{p}.ca_file"), e)))
-            .ok(),
-        None => None,
-    };
+    let ca = ca_file(errs, p, &o.ca_file);
     let scopes = scopes(errs, p, &o.required_scopes);
     let forward = ForwardClaims::new(&o.forward_claims)
         .map_err(|(path, e)| errs.push(ConfigError::new(format!("{p}.{path}"), e)))

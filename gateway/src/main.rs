@@ -76,6 +76,20 @@ enum ConfigAction {
     },
 }
 
+/// Print every fault of `file` with its YAML path, then `verdict` and their count; exit 1.
+fn refuse(file: &std::path::Path, errs: &ConfigErrors, verdict: &str) -> ExitCode {
+    for e in &errs.0 {
+        eprintln!("{}: {e}", file.display());
+    }
+    eprintln!(
+        "{}: {verdict} ({} error{})",
+        file.display(),
+        errs.0.len(),
+        if errs.0.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(1)
+}
+
 /// `gateway config push FILE etcd://...`.
 fn push(file: &std::path::Path, target: &str) -> ExitCode {
     let source = match EtcdSource::parse(target) {
@@ -99,16 +113,7 @@ fn push(file: &std::path::Path, target: &str) -> ExitCode {
     let checked =
         gateway::config::parse(&text).and_then(|c| gateway::compile::check(&c).map(|_| c));
     if let Err(errs) = checked {
-        for e in &errs.0 {
-            eprintln!("{}: {e}", file.display());
-        }
-        eprintln!(
-            "{}: not pushed ({} error{})",
-            file.display(),
-            errs.0.len(),
-            if errs.0.len() == 1 { "" } else { "s" }
-        );
-        return ExitCode::from(1);
+        return refuse(file, &errs, "not pushed");
     }
     let client = gateway::client::Client::default();
     match gateway::source::block_on(source.write(&client, &text)) {
@@ -185,18 +190,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let refuse = |errs: ConfigErrors| {
-        for e in &errs.0 {
-            eprintln!("{}: {e}", cli.conf.display());
-        }
-        eprintln!(
-            "{}: configuration refused ({} error{})",
-            cli.conf.display(),
-            errs.0.len(),
-            if errs.0.len() == 1 { "" } else { "s" }
-        );
-        ExitCode::from(1)
-    };
+    let refuse = |errs: ConfigErrors| refuse(&cli.conf, &errs, "configuration refused");
     let loaded = match gateway::source::load(&cli.conf, cli.config_cache.clone()) {
         Ok(l) => l,
         Err(LoadError::Faults(errs)) => return refuse(errs),

@@ -78,14 +78,7 @@ impl Reloader {
     /// A config file; `config` is what `handle` serves now (generation 1).
     pub fn new(path: PathBuf, handle: RuntimeHandle, config: Config) -> Self {
         let read_path = path.clone();
-        let read: Read = Box::new(move || {
-            std::fs::read_to_string(&read_path).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(
-                    "",
-                    format!("cannot read {}: {e}", read_path.display()),
-                )])
-            })
-        });
+        let read: Read = Box::new(move || config::read_text(&read_path));
         let tried_hash = read_hash(&path).unwrap_or(0);
         Self::build(
             path.display().to_string(),

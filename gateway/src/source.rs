@@ -107,14 +107,7 @@ impl EtcdSource {
     /// The config text and the revision it was written at, from the first endpoint that
     /// answers.
     pub async fn read(&self, client: &Client) -> Result<(String, u64), String> {
-        let mut last = String::new();
-        for n in 0..self.etcd.endpoints.len() {
-            match self.read_at(client, n).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        self.on_any_endpoint(|n| self.read_at(client, n)).await
     }
 
     async fn read_at(&self, client: &Client, n: usize) -> Result<(String, u64), String> {
@@ -131,17 +124,22 @@ impl EtcdSource {
 
     /// Write a config text; the revision of the write.
     pub async fn write(&self, client: &Client, text: &str) -> Result<u64, String> {
+        self.on_any_endpoint(|n| async move {
+            let session = self.etcd.session(client, n).await?;
+            session.put(self.key.as_bytes(), text.as_bytes()).await
+        })
+        .await
+    }
+
+    /// `call` on each endpoint in turn until one answers; else the last one's error.
+    async fn on_any_endpoint<T, F>(&self, call: impl Fn(usize) -> F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
         let mut last = String::new();
         for n in 0..self.etcd.endpoints.len() {
-            let session = match self.etcd.session(client, n).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            match session.put(self.key.as_bytes(), text.as_bytes()).await {
-                Ok(rev) => return Ok(rev),
+            match call(n).await {
+                Ok(r) => return Ok(r),
                 Err(e) => last = e,
             }
         }
@@ -291,8 +289,7 @@ pub fn load(conf: &Path, cache: Option<PathBuf>) -> Result<Loaded, LoadError> {
     let (source, node, cache) = match EtcdSource::parse(&conf.to_string_lossy()) {
         Some(parsed) => (Arc::new(parsed.map_err(LoadError::Other)?), None, cache),
         None => {
-            let text = std::fs::read_to_string(conf)
-                .map_err(|e| faults("", format!("cannot read {}: {e}", conf.display())))?;
+            let text = crate::config::read_text(conf).map_err(LoadError::Faults)?;
             let config = crate::config::parse(&text).map_err(LoadError::Faults)?;
             let Some(cs) = config.server.config_source.clone() else {
                 return Ok(Loaded {
@@ -370,13 +367,7 @@ impl Shared {
             let Some(path) = &node_file else {
                 return Ok(shared);
             };
-            let node = std::fs::read_to_string(path).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(
-                    "",
-                    format!("cannot read {}: {e}", path.display()),
-                )])
-            })?;
-            merge(&node, &shared)
+            merge(&crate::config::read_text(path)?, &shared)
         })
     }
 }

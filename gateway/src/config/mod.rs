@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use parse::parse;
+pub use parse::{parse, read_text};
 pub use secret::{Secret, SecretUrl, REDACTED};
 
 /// One fault in a config file, located by its YAML path.

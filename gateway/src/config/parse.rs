@@ -19,6 +19,16 @@ use std::fmt;
 /// Faults reported from one file at most.
 const MAX_FAULTS: usize = 50;
 
+/// A config file's text; a file that cannot be read is a fault of the whole document.
+pub fn read_text(path: &std::path::Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )])
+    })
+}
+
 /// Parse YAML text. Faults name their YAML path and line; every unknown key and bad value
 /// is reported, not only the first.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {

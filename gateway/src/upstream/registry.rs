@@ -11,7 +11,6 @@ use crate::client::{Client, Url};
 use crate::clock::Backoff;
 use crate::etcd::{prefix_end, Event, Kv};
 use crate::metrics::METRICS;
-use pingora::http::RequestHeader;
 use pingora::lb::Backend;
 use pingora::protocols::tls::CaType;
 use serde_json::Value;
@@ -125,7 +124,7 @@ impl Consul {
         let mut peer = self.url.peer(self.timeout, self.ca.clone()).await?;
         // Consul holds a blocking query up to `wait` plus a sixteenth of it.
         peer.options.read_timeout = Some(self.wait + self.wait / 16 + self.timeout);
-        let mut req = get(&target, &self.url)?;
+        let mut req = self.url.json_get(&target)?;
         if let Some(t) = &self.token {
             req.insert_header("x-consul-token", t.as_str())
                 .map_err(|e| e.to_string())?;
@@ -280,16 +279,6 @@ impl Etcd {
 
 fn to_set(targets: &BTreeMap<Vec<u8>, (SocketAddr, usize)>) -> BTreeSet<Backend> {
     targets.values().map(|(a, w)| backend(*a, *w)).collect()
-}
-
-fn get(target: &str, url: &Url) -> Result<RequestHeader, String> {
-    let mut req =
-        RequestHeader::build("GET", target.as_bytes(), Some(3)).map_err(|e| e.to_string())?;
-    req.insert_header(http::header::HOST, url.host_header())
-        .map_err(|e| e.to_string())?;
-    req.insert_header(http::header::ACCEPT, "application/json")
-        .map_err(|e| e.to_string())?;
-    Ok(req)
 }
 
 /// An instance's address: an IP, or a name resolved now.
