@@ -343,9 +343,45 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// A child process (a gateway, a server a test needs), killed and reaped when stopped or
+/// dropped.
+pub struct Process(Child);
+
+impl Process {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl From<Child> for Process {
+    fn from(child: Child) -> Process {
+        Process(child)
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A running gateway process, killed on drop.
 pub struct Gateway {
-    child: Child,
+    child: Process,
     pub port: u16,
     pub admin_port: u16,
     pub dir: Arc<tempfile::TempDir>,
@@ -480,7 +516,7 @@ impl Gateway {
             .spawn()
             .expect("start gateway");
         Gateway {
-            child,
+            child: child.into(),
             port,
             admin_port,
             dir: dir.clone(),
@@ -625,16 +661,9 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A real redis-server on a free port of 127.0.0.1, stopped on drop.
 pub struct RedisServer {
-    child: Child,
+    child: Process,
     pub port: u16,
     password: Option<String>,
 }
@@ -643,7 +672,7 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let port = free_port();
         RedisServer {
-            child: Self::spawn(port, None),
+            child: Self::spawn(port, None).into(),
             port,
             password: None,
         }
@@ -653,7 +682,7 @@ impl RedisServer {
     pub fn start_with_password(password: &str) -> RedisServer {
         let port = free_port();
         RedisServer {
-            child: Self::spawn(port, Some(password)),
+            child: Self::spawn(port, Some(password)).into(),
             port,
             password: Some(password.to_string()),
         }
@@ -679,14 +708,13 @@ impl RedisServer {
 
     /// Kill the server; its port stays reserved for [`RedisServer::restart`].
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
     }
 
     /// A fresh, empty server on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port, self.password.as_deref());
+        self.child = Self::spawn(self.port, self.password.as_deref()).into();
     }
 
     pub fn url(&self) -> String {
@@ -697,17 +725,10 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The OAuth 2.0 authorization server of `tests/oauth/provider.py` (Authlib: client
 /// credentials grant, RFC 7662 introspection, RFC 7009 revocation) on a free port.
 pub struct OAuthProvider {
-    child: Child,
+    child: Process,
     pub port: u16,
 }
 
@@ -715,7 +736,10 @@ impl OAuthProvider {
     pub fn start() -> OAuthProvider {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oauth/provider.py");
         let (child, port) = python_server(script, "/stats", "introspections");
-        OAuthProvider { child, port }
+        OAuthProvider {
+            child: child.into(),
+            port,
+        }
     }
 
     fn spawn(port: u16) -> Child {
@@ -743,13 +767,12 @@ impl OAuthProvider {
 
     /// Stop the server (its port stays free for [`OAuthProvider::restart`]).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
     }
 
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.port);
+        self.child = Self::spawn(self.port).into();
     }
 
     async fn post(
@@ -818,13 +841,6 @@ impl OAuthProvider {
     }
 }
 
-impl Drop for OAuthProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One request on a new connection, its answer as text; `None` on any socket error (a
 /// server still starting may refuse or reset the connection).
 fn ask(port: u16, request: &[u8]) -> Option<String> {
@@ -873,7 +889,7 @@ fn python_server(script: &str, probe: &str, marker: &str) -> (Child, u16) {
 /// A real etcd server (Debian's etcd-server) on free ports of 127.0.0.1 with its own data
 /// directory, stopped on drop. Keys are written through etcd's JSON gateway (`/v3/...`).
 pub struct EtcdServer {
-    child: Child,
+    child: Process,
     pub port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
@@ -903,7 +919,7 @@ impl EtcdServer {
             (c, k)
         });
         EtcdServer {
-            child: Self::spawn(port, peer_port, dir.path(), tls.as_ref()),
+            child: Self::spawn(port, peer_port, dir.path(), tls.as_ref()).into(),
             port,
             peer_port,
             tls,
@@ -973,8 +989,7 @@ impl EtcdServer {
 
     /// Kill the server; its ports and data stay for [`EtcdServer::restart`].
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
     }
 
     pub fn restart(&mut self) {
@@ -984,7 +999,8 @@ impl EtcdServer {
             self.peer_port,
             self.dir.path(),
             self.tls.as_ref(),
-        );
+        )
+        .into();
     }
 
     async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -1067,17 +1083,10 @@ impl EtcdServer {
     }
 }
 
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The stand-in for Consul's health endpoint (`tests/consul/standin.py`): blocking queries
 /// with `X-Consul-Index`, as Consul's documentation describes them.
 pub struct ConsulStandin {
-    child: Child,
+    child: Process,
     pub port: u16,
 }
 
@@ -1085,7 +1094,10 @@ impl ConsulStandin {
     pub fn start() -> ConsulStandin {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/consul/standin.py");
         let (child, port) = python_server(script, "/admin/stats", "queries");
-        ConsulStandin { child, port }
+        ConsulStandin {
+            child: child.into(),
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -1093,8 +1105,7 @@ impl ConsulStandin {
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
     }
 
     /// Replace the service's instances: `[{"id", "address", "port", "weight", "status",
@@ -1134,17 +1145,10 @@ impl ConsulStandin {
     }
 }
 
-impl Drop for ConsulStandin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The OTLP/HTTP trace receiver (`tests/otel/collector.py`): decodes the gateway's exports
 /// with OpenTelemetry's own protocol definitions and shows the spans as JSON.
 pub struct Collector {
-    child: Child,
+    child: Process,
     pub port: u16,
 }
 
@@ -1152,7 +1156,10 @@ impl Collector {
     pub fn start() -> Collector {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otel/collector.py");
         let (child, port) = python_server(script, "/exports", "[");
-        Collector { child, port }
+        Collector {
+            child: child.into(),
+            port,
+        }
     }
 
     /// The traces endpoint.
@@ -1161,8 +1168,7 @@ impl Collector {
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
     }
 
     async fn get(&self, path: &str) -> serde_json::Value {
@@ -1225,13 +1231,6 @@ impl Collector {
     /// Hold every later export's answer this long.
     pub async fn set_delay(&self, secs: f64) {
         self.post(&format!("/admin/delay?secs={secs}")).await;
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

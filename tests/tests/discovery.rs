@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tests::{client, free_port, Gateway, Upstream};
+use tests::{client, free_port, Gateway, Process, Upstream};
 
 struct Dnsmasq {
-    child: Child,
+    child: Process,
     hosts: PathBuf,
     pub port: u16,
 }
@@ -39,7 +39,7 @@ impl Dnsmasq {
             .expect("dnsmasq (make test installs it)");
         std::thread::sleep(Duration::from_millis(300));
         Dnsmasq {
-            child,
+            child: child.into(),
             hosts: hosts_file,
             port,
         }
@@ -55,14 +55,7 @@ impl Dnsmasq {
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
+        self.child.stop();
     }
 }
 
