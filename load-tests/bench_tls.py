@@ -22,16 +22,15 @@ installs them). Everything listens on 127.0.0.1 only.
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-from bench import (CLK_TCK, CONNECTIONS, DURATION, GATEWAY_BIN, NGINX_COMMON, ROUNDS,  # noqa: E402
-                   children, cpu_ticks, free_port, nginx, peak_rss_kib, run_rounds, server_block,
-                   start_gateway, stop_all, upstream_conf, wait_port)
+from bench import (CONNECTIONS, DURATION, GATEWAY_BIN, NGINX_COMMON, ROUNDS, children,  # noqa: E402
+                   free_port, measured, nginx, quit_signal, run_rounds, server_block,
+                   start_gateway, stop_all, upstream_conf, wait_port, wrk)
 
 H2_CONNECTIONS = int(os.environ.get("H2_CONNECTIONS", "10"))
 H2_STREAMS = int(os.environ.get("H2_STREAMS", "10"))
@@ -83,22 +82,10 @@ routes:
 """
 
 
-def latency_ms(text, unit):
-    v = float(text)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-
-
 def run_h1(port, duration=None, connections=None):
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections or CONNECTIONS}",
-                          f"-d{duration or DURATION}s", "--latency", f"https://127.0.0.1:{port}/bench"],
-                         capture_output=True, text=True, check=True).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: (.*)", out)
-    p50, p99 = (re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out) for q in ("50", "99"))
-    return {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": latency_ms(*p50.groups()), "p99_ms": latency_ms(*p99.groups()),
-            "errors": (int(errors.group(1)) if errors else 0) + (1 if sock else 0)}
+    r = wrk(port, scheme="https", duration=duration, connections=connections)
+    r["errors"] += 1 if r["socket_errors"] else 0
+    return r
 
 
 def run_h2(port, duration=None):
@@ -133,12 +120,7 @@ def run_h2(port, duration=None):
 
 
 def measure(proto, port, pids):
-    before = cpu_ticks(pids)
-    r = run_h1(port) if proto == "h1" else run_h2(port)
-    used = cpu_ticks(pids) - before
-    r["cpu_us_per_req"] = used / CLK_TCK * 1e6 / max(r["requests"], 1)
-    r["peak_rss_mib"] = peak_rss_kib(pids) / 1024
-    return r
+    return measured(pids, lambda: run_h1(port) if proto == "h1" else run_h2(port))
 
 
 def main():
@@ -175,7 +157,7 @@ def main():
             return 1
         return 0
     finally:
-        stop_all(procs, d, lambda p: signal.SIGQUIT if p.args[-2] == "-p" else signal.SIGINT)
+        stop_all(procs, d, quit_signal)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Everything listens on 127.0.0.1 only.
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,20 +58,10 @@ def main():
         for port, _, _ in gateways.values():
             subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c10", "-d2s",
                             f"http://127.0.0.1:{port}/bench"], capture_output=True)
-        results = {s: [] for s in SETTINGS}
         print(f"{bench.ROUNDS} rounds x {bench.DURATION}s, {bench.CONNECTIONS} keep-alive connections, "
               f"the plain route, gateway on core 0")
-        print(f"{'round':>5} {'tracing':<8} {'req/s':>10} {'p99 ms':>8} {'CPU us/req':>11} {'peak MiB':>9} {'errors':>7}")
-        for i in range(bench.ROUNDS):
-            order = SETTINGS if i % 2 == 0 else tuple(reversed(SETTINGS))
-            for s in order:
-                port, p, _ = gateways[s]
-                r = bench.measure(port, [p.pid])
-                results[s].append(r)
-                print(f"{i + 1:>5} {s:<8} {r['rps']:>10.0f} {r['p99_ms']:>8.3f} {r['cpu_us_per_req']:>11.2f} "
-                      f"{r['peak_rss_mib']:>9.1f} {r['errors']:>7}")
-        med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p99_ms", "cpu_us_per_req")}
-               for s, rs in results.items()}
+        med, failed = bench.run_rounds([(s, *gateways[s]) for s in SETTINGS],
+                                       lambda g: bench.measure(g[1], [g[2].pid]), "tracing")
         # Stop the measured processes; callgrind runs its own below.
         for _, p, _ in gateways.values():
             p.send_signal(signal.SIGINT)
@@ -94,10 +83,9 @@ def main():
         for s in SETTINGS[1:]:
             print(f"  ratio {s:<5} CPU {med[s]['cpu_us_per_req'] / med['off']['cpu_us_per_req']:.2f}  "
                   f"instructions {instr[s] / instr['off']:.2f}")
-        failed = sum(r["errors"] for rs in results.values() for r in rs)
         return 1 if failed else 0
     finally:
-        stop_all(procs, d, lambda p: signal.SIGQUIT if p.args[-2] == "-p" else signal.SIGINT)
+        stop_all(procs, d, bench.quit_signal)
 
 
 if __name__ == "__main__":
